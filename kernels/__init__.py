@@ -1,0 +1,1 @@
+"""Triton kernels (installed as mlkd_fast.kernels). Importing this package needs triton."""

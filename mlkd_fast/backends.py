@@ -1,0 +1,104 @@
+"""Which implementation of an op runs: "torch", "cpp" or "triton".
+
+"torch" is the eager reference (always present). "cpp" is the compiled CPU
+extension `mlkd_fast._C`, listed only when it imported. "triton" needs triton
+and either a CUDA device or the interpreter (TRITON_INTERPRET=1, CPU tensors).
+Asking for a backend that cannot run the given tensors raises; nothing falls
+back silently to a slower path.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+BACKENDS = ("torch", "cpp", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_module():
+    """The compiled extension, or None when it was not built."""
+    try:
+        from mlkd_fast import _C  # noqa: F401
+    except ImportError:
+        return None
+    return _C
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_import_error() -> str:
+    try:
+        from mlkd_fast import _C  # noqa: F401
+    except ImportError as e:
+        return str(e)
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def triton_kernels():
+    """The Triton kernel package, or None when triton is not importable."""
+    try:
+        import triton  # noqa: F401
+
+        from mlkd_fast import kernels
+    except Exception:  # triton raises various errors when no driver is found
+        return None
+    return kernels
+
+
+def triton_interpreter() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _cpp_complete() -> bool:
+    mod = cpp_module()
+    needed = ("relation_kl_forward", "relation_kl_backward", "sample_contrastive_forward", "sample_contrastive_backward")
+    return mod is not None and all(hasattr(mod, n) for n in needed)
+
+
+def _triton_usable() -> bool:
+    return triton_kernels() is not None and (torch.cuda.is_available() or triton_interpreter())
+
+
+def available_backends() -> list:
+    """The backends that compute every op on this machine, as a list of names."""
+    names = ["torch"]
+    if _cpp_complete():
+        names.append("cpp")
+    if _triton_usable():
+        names.append("triton")
+    return names
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """Map a requested backend (or "auto") to the one that will run on `device`."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of 'auto', 'torch', 'cpp', 'triton', got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda" and _triton_usable():
+            return "triton"
+        if device.type == "cpu" and _cpp_complete():
+            return "cpp"
+        return "torch"
+    if backend == "cpp":
+        if not _cpp_complete():
+            raise RuntimeError(
+                "backend='cpp' was requested but the compiled extension mlkd_fast._C is not available "
+                f"({cpp_import_error() or 'it lacks the relation ops'}); reinstall with `pip install -e .`"
+            )
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpp' runs on CPU tensors only, got tensors on {device}")
+    if backend == "triton":
+        if triton_kernels() is None:
+            raise RuntimeError("backend='triton' was requested but triton is not importable; `pip install triton`")
+        if device.type == "cpu" and not triton_interpreter():
+            raise ValueError(
+                "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on CPU tensors "
+                "in the interpreter), got CPU tensors"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"backend='triton' runs on CUDA tensors, got tensors on {device}")
+    return backend
