@@ -36,4 +36,8 @@ def sample_relation_kl(teacher, student, *, backend: str = "auto") -> torch.Tens
 def _run(name: str, teacher, student, splits: int, mask):
     if name == "torch":
         return reference.relation_kl(teacher, student, splits, mask)
+    if name == "triton":
+        from mlkd_fast.kernels.relation_kl import relation_kl as triton_relation_kl
+
+        return triton_relation_kl(teacher, student, splits, mask)
     raise NotImplementedError(f"backend {name!r} is not wired for relation_kl")

@@ -32,4 +32,8 @@ def sample_contrastive(
     name = backends.resolve(backend, teacher.device)
     if name == "torch":
         return reference.sample_contrastive(teacher, student, labels, temperature, base_temperature)
+    if name == "triton":
+        from mlkd_fast.kernels.sample_contrastive import sample_contrastive as triton_sample_contrastive
+
+        return triton_sample_contrastive(teacher, student, labels, temperature, base_temperature)
     raise NotImplementedError(f"backend {name!r} is not wired for sample_contrastive")
