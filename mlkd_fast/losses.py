@@ -68,6 +68,11 @@ class LossContext:
     backend: str = "auto"
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 features are compared in fp32; fp32/fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 @register_loss("emb")
 def embedding_relation_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
     """L_EMB: token-similarity relation of LayerNorm(word embeddings), one split."""
@@ -99,7 +104,7 @@ def hidden_state_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tenso
     total = 0.0
     for n, m in enumerate(teacher_index):
         pred = ctx.projections.hidden[n](s.hidden[n])
-        total = total + masked_mse(pred.float(), t.hidden[m].float(), ctx.mask)
+        total = total + masked_mse(_acc(pred), _acc(t.hidden[m]), ctx.mask)
     return total
 
 
@@ -128,7 +133,7 @@ def sample_contrastive_loss(t: Features, s: Features, ctx: LossContext) -> torch
 def soft_label_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
     """L_KD: soft cross-entropy at temperature T; MSE on the logits for regression tasks."""
     if ctx.is_regression:
-        return F.mse_loss(s.logits.float().view(-1), t.logits.float().view(-1))
+        return F.mse_loss(_acc(s.logits).view(-1), _acc(t.logits).view(-1))
     return soft_cross_entropy(t.logits, s.logits, temperature=ctx.kd_temperature, reduction=ctx.kd_reduction)
 
 
