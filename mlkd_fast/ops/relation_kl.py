@@ -10,6 +10,7 @@ Validation happens here once, then the resolved backend computes.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from mlkd_fast import _validate, backends
 from mlkd_fast.ops import reference
@@ -36,8 +37,49 @@ def sample_relation_kl(teacher, student, *, backend: str = "auto") -> torch.Tens
 def _run(name: str, teacher, student, splits: int, mask):
     if name == "torch":
         return reference.relation_kl(teacher, student, splits, mask)
+    if name == "cpp":
+        return _RelationKLCpp.apply(teacher, student, splits, mask)
     if name == "triton":
         from mlkd_fast.kernels.relation_kl import relation_kl as triton_relation_kl
 
         return triton_relation_kl(teacher, student, splits, mask)
     raise NotImplementedError(f"backend {name!r} is not wired for relation_kl")
+
+
+def _compute_inputs(teacher, student):
+    """Both inputs in the accumulation dtype (fp64 if either is fp64, else fp32).
+
+    fp16/bf16 are converted once here; fp32/fp64 inputs pass through with
+    their strides (the kernels read any strides, so no copy is made).
+    """
+    acc = _validate.accum_dtype(teacher, student)
+    return teacher.detach().to(acc), student.detach().to(acc)
+
+
+class _RelationKLCpp(torch.autograd.Function):
+    """backend="cpp": the fused one-pass forward and the recomputing backward of
+    csrc/relation_tiles.h. Saves only the inputs and O(B*A*L) row statistics
+    (row maxima, log-sums, KL)."""
+
+    @staticmethod
+    def forward(ctx, teacher, student, splits, mask):
+        t, s = _compute_inputs(teacher, student)
+        loss, stats = backends.cpp_module().relation_kl_forward(t, s, splits, mask)
+        ctx.save_for_backward(t, s, mask, stats)
+        ctx.splits = splits
+        ctx.dtypes = (teacher.dtype, student.dtype)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        t, s, mask, stats = ctx.saved_tensors
+        need_t, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_t or need_s):
+            return None, None, None, None
+        g_t, g_s = backends.cpp_module().relation_kl_backward(
+            t, s, ctx.splits, mask, stats, float(grad), bool(need_t)
+        )
+        g_t = g_t.to(ctx.dtypes[0]) if need_t else None
+        g_s = g_s.to(ctx.dtypes[1]) if need_s else None
+        return g_t, g_s, None, None

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every benchmark, then the plots and tables, on this machine's CPU:
+#     bash benchmarks/run_all.sh            # default sizes (each script < 10 min on 2 cores), CSV/PNG in benchmarks/results/
+#     bash benchmarks/run_all.sh --quick    # smoke run of seconds (CI), outputs in $TMPDIR/mlkd_fast_bench_quick/
+# Extra arguments go to every benchmark script (e.g. --device cuda, --threads 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=benchmarks/results
+for a in "$@"; do
+    if [ "$a" = "--quick" ]; then OUT=$("$PY" -c "import tempfile, os; print(os.path.join(tempfile.gettempdir(), 'mlkd_fast_bench_quick'))"); fi
+done
+for b in relation_kl sample_relation_kl sample_contrastive heads_latency e2e; do
+    start=$(date +%s)
+    "$PY" benchmarks/benchmark_$b.py "$@"
+    echo "benchmark_$b.py: $(( $(date +%s) - start )) s"
+done
+"$PY" benchmarks/plot.py --dir "$OUT"

