@@ -168,13 +168,20 @@ constexpr int NR() {
   return 2 * Vec<T>::W;
 }
 
+// Depth of one accumulation chain. Longer dot products (d = 384 or 768 with
+// one split) are summed in chunks of KC, so the rounding error grows with
+// KC + K / KC rather than with K.
+constexpr int KC = 64;
+
 // C[M x N] (=|+=) A[M x K] * B[K x N]; M % 4 == 0, N % NR == 0.
 template <typename T>
 static void gemm(int M, int N, int K, const T* A, long ars, long aks, const T* B, long ldb, T* C, long ldc,
                  bool accumulate) {
   for (int j = 0; j < N; j += NR<T>())
     for (int i = 0; i < M; i += 4)
-      micro_4x2<T>(K, A + i * ars, ars, aks, B + j, ldb, C + i * ldc + j, ldc, accumulate);
+      for (int k = 0; k < K || k == 0; k += KC)
+        micro_4x2<T>(K - k < KC ? K - k : KC, A + i * ars + k * aks, ars, aks, B + k * ldb + j, ldb,
+                     C + i * ldc + j, ldc, accumulate || k > 0);
 }
 
 static inline long round_up(long x, long m) { return (x + m - 1) / m * m; }

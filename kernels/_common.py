@@ -114,7 +114,9 @@ def relation_blocks(L: int, widths, itemsize: int, backward: bool) -> Blocks:
         bm = 128 if not wide else 64
         bn = 64
     bm, bn = min(bm, cap), min(bn, cap)
-    num_warps = 8 if bm * bn >= 128 * 64 else 4
+    # The backward keeps about six live (block_m, block_n) fp32 tiles (two score tiles, four
+    # probabilities): eight warps keep a 64 x 64 step within the registers.
+    num_warps = 8 if bm * bn >= (64 * 64 if backward else 128 * 64) else 4
     return Blocks(bm, bn, num_warps, 2)
 
 

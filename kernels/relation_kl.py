@@ -46,7 +46,7 @@ from mlkd_fast.kernels._common import (
 
 # Running maxima start here instead of -inf so that a tile whose keys are all
 # masked gives exp2(-inf - NEG) = 0 and never exp2(-inf + inf) = nan.
-NEG_INIT = -1.0e30
+NEG_INIT = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -87,20 +87,20 @@ def _relation_kl_fwd(
                         BLOCK_M, BLOCK_N, BD_T, DT_CHUNKS, DOT_F32, PRECISION) * scale_t
         s = tile_scores(s_base, s_base, rows, cols, row_ok, col_ok, ss_l, ss_d, ds, qs,
                         BLOCK_M, BLOCK_N, BD_S, DS_CHUNKS, DOT_F32, PRECISION) * scale_s
-        t = tl.where(key_ok[None, :], t, float("-inf"))
-        s = tl.where(key_ok[None, :], s, float("-inf"))
+        tm = tl.where(key_ok[None, :], t, float("-inf"))  # masked keys leave the softmaxes
+        sm = tl.where(key_ok[None, :], s, float("-inf"))
 
-        m_t_new = tl.maximum(m_t, tl.max(t, axis=1))
-        m_s_new = tl.maximum(m_s, tl.max(s, axis=1))
+        m_t_new = tl.maximum(m_t, tl.max(tm, axis=1))
+        m_s_new = tl.maximum(m_s, tl.max(sm, axis=1))
         alpha = tl.exp2(m_t - m_t_new)
-        p = tl.exp2(t - m_t_new[:, None])
+        p = tl.exp2(tm - m_t_new[:, None])
         # acc holds sum_j p_j ((t_j - m_t) - (s_j - m_s)): relative to the running maxima, so
         # that KL (often tiny) is not the difference of two large log-sum-exps. When the maxima
         # move, every earlier term shifts by -(dm_t - dm_s).
-        diff = tl.where(key_ok[None, :], (t - m_t_new[:, None]) - (s - m_s_new[:, None]), 0.0)
+        diff = tl.where(key_ok[None, :], (t - s) - (m_t_new - m_s_new)[:, None], 0.0)
         acc = alpha * (acc - ((m_t_new - m_t) - (m_s_new - m_s)) * l_t) + tl.sum(p * diff, axis=1)
         l_t = l_t * alpha + tl.sum(p, axis=1)
-        l_s = l_s * tl.exp2(m_s - m_s_new) + tl.sum(tl.exp2(s - m_s_new[:, None]), axis=1)
+        l_s = l_s * tl.exp2(m_s - m_s_new) + tl.sum(tl.exp2(sm - m_s_new[:, None]), axis=1)
         m_t = m_t_new
         m_s = m_s_new
 

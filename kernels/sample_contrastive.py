@@ -37,7 +37,7 @@ from mlkd_fast.kernels._common import (
     tile_scores,
 )
 
-NEG_INIT = -1.0e30  # running max start: exp2(-inf - NEG_INIT) = 0, never nan
+NEG_INIT = tl.constexpr(-1.0e30)  # running max start: exp2(-inf - NEG_INIT) = 0, never nan
 
 
 @triton.jit

@@ -184,9 +184,10 @@ def cmd_finetune(args) -> int:
 
 def cmd_distill(args) -> int:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from mlkd_fast.data import get_task
     from mlkd_fast.distill import distill
+    from mlkd_fast.finetune import load_for_task
     from mlkd_fast.student import build_student
 
     file = _file_settings(args)
@@ -207,15 +208,15 @@ def cmd_distill(args) -> int:
         if getattr(args, flag) is not None:
             student_spec[key] = getattr(args, flag)
     stages = tuple(args.stages) if args.stages else tuple(file.get("stages", (1, 2)))
+    num_labels = get_task(task).num_labels
     if not os.path.isdir(args.teacher):
         raise ValueError(f"--teacher directory {args.teacher!r} does not exist")
     train, dev = _load_data(args, file, task, need_train=True)
-    teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher)
-    tokenizer = AutoTokenizer.from_pretrained(args.teacher)
+    teacher, tokenizer = load_for_task(args.teacher, num_labels, require_head=True, role="--teacher")
     if args.student:
         if student_spec:
             raise ValueError("give either --student DIR or the student's shape (--student-layers, ...), not both")
-        student = AutoModelForSequenceClassification.from_pretrained(args.student)
+        student, _ = load_for_task(args.student, num_labels, require_head=True, role="--student")
     else:
         if "num_layers" not in student_spec:
             raise ValueError("--student-layers is required (or --student DIR)")
@@ -269,10 +270,11 @@ def _print_history(history) -> None:
 
 def _print_table(rows) -> None:
     metric_keys = [k for k in rows[0] if k in ("f1", "accuracy", "mcc", "pearson", "spearman")]
-    head = ["model", "params (M)"] + metric_keys + (["ms/batch"] if "latency_ms_per_batch" in rows[0] else [])
+    head = ["model", "params (M)", "w/o embeddings (M)"] + metric_keys + (["ms/batch"] if "latency_ms_per_batch" in rows[0] else [])
     lines = [head]
     for r in rows:
-        line = [r["model"], f"{r['parameters'] / 1e6:.2f}"] + [f"{100 * r[k]:.2f}" for k in metric_keys]
+        line = [r["model"], f"{r['parameters'] / 1e6:.2f}", f"{r['parameters_without_embeddings'] / 1e6:.2f}"]
+        line += [f"{100 * r[k]:.2f}" for k in metric_keys]
         if "latency_ms_per_batch" in r:
             line.append(f"{r['latency_ms_per_batch']:.1f}")
         lines.append(line)
@@ -289,6 +291,10 @@ COMMANDS = {"finetune": cmd_finetune, "distill": cmd_distill, "evaluate": cmd_ev
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "no_progress", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # also the weight loading/saving bars
     try:
         return COMMANDS[args.command](args)
     except (ValueError, TypeError) as e:

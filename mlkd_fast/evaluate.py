@@ -41,8 +41,9 @@ def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.de
     return compute_metrics(task, logits, labels)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """All parameters, or those outside the embedding layer (the part that layer/head cuts shrink)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not (exclude_embeddings and ".embeddings." in f".{n}"))
 
 
 @torch.no_grad()
@@ -89,14 +90,15 @@ def evaluate(
     """Dev metrics of `model` (a model or a from_pretrained directory); latency too when latency_batches > 0."""
     from mlkd_fast.train_utils import check_classifier, resolve_device
 
-    if isinstance(model, str):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        path = model
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path)
     spec = get_task(task) if task is not None else None
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        from mlkd_fast.finetune import load_for_task
+
+        labels = spec.num_labels if spec else AutoConfig.from_pretrained(model).num_labels
+        model, loaded_tokenizer = load_for_task(model, labels, require_head=True)
+        tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
     dev = resolve_device(device)
     model.to(dev)
@@ -104,6 +106,7 @@ def evaluate(
     pid = pad_id(model, tokenizer)
     result = dict(evaluate_model(model, ds, spec, batch_size, dev, pid))
     result["parameters"] = count_parameters(model)
+    result["parameters_without_embeddings"] = count_parameters(model, exclude_embeddings=True)
     if latency_batches > 0:
         result.update(measure_latency(model, ds, batch_size, dev, pid, num_batches=latency_batches))
     return result

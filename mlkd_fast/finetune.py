@@ -45,16 +45,24 @@ def pretrained_teacher_dir() -> str:
     return str(folder)
 
 
-def load_for_task(model_dir: str, num_labels: int):
-    """A sequence classifier for `num_labels` from a directory (a fresh head when it has none)."""
+def load_for_task(model_dir: str, num_labels: int, require_head: bool = False, role: str = "model"):
+    """A sequence classifier for `num_labels` from a directory, and its tokenizer.
+
+    A fresh head is added to a bare encoder unless require_head (a teacher to distil must be fine-tuned).
+    """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     if not os.path.isdir(model_dir):
-        raise ValueError(f"model directory {model_dir!r} does not exist")
+        raise ValueError(f"{role} directory {model_dir!r} does not exist")
     cfg = AutoConfig.from_pretrained(model_dir)
     has_head = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
+    if require_head and not has_head:
+        raise ValueError(
+            f"{role} {model_dir!r} ({', '.join(cfg.architectures or ['unknown architecture'])}) has no classification head: "
+            "fine-tune it first (mlkd-fast finetune / mlkd_fast.finetune)"
+        )
     if has_head and cfg.num_labels != num_labels:
-        raise ValueError(f"{model_dir} has a classification head with {cfg.num_labels} labels, the task needs {num_labels}")
+        raise ValueError(f"{role} {model_dir!r} has a classification head with {cfg.num_labels} labels, the task needs {num_labels}")
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
     return model, AutoTokenizer.from_pretrained(model_dir)
 

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from mlkd_fast.capture import capture_features
-from tiny_bert import tiny_bert
+from tiny_bert import tiny_bert, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(seed=0, b=3, length=9):

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from mlkd_fast import data, metrics
-from tiny_bert import tiny_tokenizer, write_mrpc
+from tiny_bert import tiny_tokenizer, write_mrpc, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(path, lines, bom=False):

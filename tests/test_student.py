@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from mlkd_fast import build_student
-from tiny_bert import tiny_bert
+from tiny_bert import tiny_bert, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(model, i):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import torch
 
 WORDS = ["good", "bad", "movie", "film", "plot", "actor", "great", "awful", "the", "a", "was", "is", "very", "not"]
@@ -81,3 +82,13 @@ def write_mrpc(folder: str, n_train=16, n_dev=8, seed=0) -> str:
         with open(os.path.join(folder, "MRPC", f"{split}.tsv"), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads that
+    wait on each other make them 10x slower: run the trainer tests on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,128 @@
+"""`mlkd-fast` finetune -> distill -> evaluate on a tiny BERT and a GLUE-format directory the test writes."""
+import json
+import os
+import re
+
+import pytest
+
+from mlkd_fast.cli import main
+from tiny_bert import tiny_bert, tiny_config, tiny_tokenizer, write_mrpc, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """A 'pretrained' tiny BERT without a task head (as the real teacher is shipped), a GLUE dir, a config."""
+    import torch
+    from transformers import BertModel
+
+    pretrained = tmp_path / "pretrained"
+    torch.manual_seed(0)
+    BertModel(tiny_config(layers=4, hidden=32, heads=4)).save_pretrained(pretrained)
+    tiny_tokenizer(str(pretrained)).save_pretrained(pretrained)
+    glue = write_mrpc(str(tmp_path / "glue"), n_train=16, n_dev=8)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "task: mrpc\n"
+        "finetune: {epochs: 2, batch_size: 8, learning_rate: 1.0e-3, max_seq_length: 16, device: cpu}\n"
+        "distill: {stage1_epochs: 1, stage2_epochs: 2, batch_size: 8, splits: 4, max_seq_length: 16, checkpoint_every: 1, device: cpu}\n"
+        "student: {num_layers: 2, num_heads: 2, init: teacher}\n"
+        "evaluate: {batch_size: 4, latency_batches: 2}\n"
+    )
+    return tmp_path, str(pretrained), glue, str(config)
+
+
+def test_finetune_distill_evaluate_end_to_end(setup, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    tmp, pretrained, glue, config = setup
+    teacher_out, student_out = str(tmp / "teacher"), str(tmp / "student")
+    assert main(["finetune", "--config", config, "--data-dir", glue, "--model", pretrained, "--output-dir", teacher_out, "--no-progress"]) == 0
+    assert "fine-tuned teacher" in capsys.readouterr().out
+    teacher_dir = os.path.join(teacher_out, "model")
+    assert os.path.isfile(os.path.join(teacher_dir, "tokenizer_config.json"))
+
+    assert main(["distill", "--config", config, "--data-dir", glue, "--teacher", teacher_dir, "--output-dir", student_out,
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1 epoch 1" in out and "stage 2 epoch 2" in out and "best dev f1" in out
+    student_dir = os.path.join(student_out, "student")
+    student = AutoModelForSequenceClassification.from_pretrained(student_dir)
+    assert student.config.num_hidden_layers == 2 and student.config.num_attention_heads == 2
+    logs = [json.loads(l) for l in open(os.path.join(student_out, "metrics.jsonl"))]
+    assert {l["kind"] for l in logs} == {"train", "epoch"} and all("loss" in l for l in logs if l["kind"] == "train")
+    assert os.path.isfile(os.path.join(student_out, "checkpoint", "state.pt"))
+    assert not [f for f in os.listdir(os.path.join(student_out, "checkpoint")) if ".tmp" in f]  # atomic writes leave no temp files
+
+    # resuming a finished run changes nothing and reports the same result
+    assert main(["distill", "--config", config, "--data-dir", glue, "--teacher", teacher_dir, "--output-dir", student_out,
+                 "--resume", "--no-progress"]) == 0
+    assert capsys.readouterr().out == out
+
+    result = str(tmp / "cmp.json")
+    assert main(["evaluate", "--config", config, "--data-dir", glue, "--model", teacher_dir, "--model", student_dir, "--json", result]) == 0
+    table = capsys.readouterr().out
+    assert "ms/batch" in table and "f1" in table
+    rows = json.load(open(result))["results"]
+    assert [r["model"] for r in rows] == [teacher_dir, student_dir]
+    assert rows[1]["parameters"] < rows[0]["parameters"]
+    assert all(0 <= r["f1"] <= 1 and r["latency_ms_per_batch"] > 0 and r["latency_batches"] == 2 for r in rows)
+
+
+def test_flags_override_the_config_file(setup, capsys):
+    tmp, pretrained, glue, config = setup
+    out = str(tmp / "t")
+    assert main(["finetune", "--config", config, "--data-dir", glue, "--model", pretrained, "--output-dir", out, "--epochs", "1",
+                 "--max-train-samples", "8", "--no-progress"]) == 0
+    saved = json.load(open(os.path.join(out, "finetune_config.json")))
+    assert saved["epochs"] == 1 and saved["max_train_samples"] == 8 and saved["batch_size"] == 8 and saved["train_rows"] == 8
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["finetune", "--task", "mrcp"], "unknown task 'mrcp'"),
+        (["finetune", "--task", "rte"], "has no RTE/ folder"),
+        (["finetune", "--task", "mrpc", "--epochs", "0"], "epochs must be >= 1"),
+        (["distill", "--task", "mrpc", "--teacher", "TEACHER", "--student-layers", "2", "--student-heads", "3"], "num_heads=3 does not divide"),
+        (["distill", "--task", "mrpc", "--teacher", "TEACHER", "--student-layers", "2", "--layer-map", "1,5"], r"teacher layers in 1\.\.4"),
+        (["distill", "--task", "mrpc", "--teacher", "TEACHER", "--student-layers", "2", "--splits", "5"], "splits=5 does not divide"),
+        (["distill", "--task", "mrpc", "--teacher", "TEACHER", "--student-layers", "2", "--resume"], "holds no checkpoint"),
+        (["distill", "--task", "mrpc", "--teacher", "PRETRAINED", "--student-layers", "2"], "has no classification head: fine-tune it first"),
+        (["distill", "--task", "mrpc", "--teacher", "nowhere", "--student-layers", "2"], "--teacher directory 'nowhere' does not exist"),
+        (["evaluate", "--task", "mrpc", "--model", "nowhere"], "--model directory 'nowhere' does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(setup, capsys, argv, message):
+    tmp, pretrained, glue, config = setup
+    teacher = tmp / "teacher_ok"
+    if "TEACHER" in argv:
+        tiny_bert(layers=4, hidden=32, heads=4).save_pretrained(teacher)
+        tiny_tokenizer(str(teacher)).save_pretrained(teacher)
+    argv = [str(teacher) if a == "TEACHER" else pretrained if a == "PRETRAINED" else a for a in argv]
+    out = tmp / "out"
+    extra = ["--config", config, "--data-dir", glue] + (["--output-dir", str(out), "--no-progress"] if argv[0] != "evaluate" else [])
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert "mlkd-fast: error:" in err and re.search(message, err), err
+    assert not (out / "checkpoint").exists()
+
+
+def test_malformed_data_file_and_existing_output(setup, capsys):
+    tmp, pretrained, glue, config = setup
+    with open(os.path.join(glue, "MRPC", "dev.tsv"), "a") as f:
+        f.write("1\tonly\tthree\n")
+    assert main(["finetune", "--config", config, "--data-dir", glue, "--model", pretrained, "--output-dir", str(tmp / "o")]) == 2
+    assert re.search(r"MRPC/dev\.tsv, line 10: expected 5 tab-separated fields, got 3", capsys.readouterr().err)
+    used = tmp / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    write_mrpc(glue)  # a clean file again
+    assert main(["finetune", "--config", config, "--data-dir", glue, "--model", pretrained, "--output-dir", str(used)]) == 2
+    assert "already holds files" in capsys.readouterr().err and (used / "notes.txt").read_text() == "mine"
+    bad_cfg = tmp / "bad.yaml"
+    bad_cfg.write_text("task: mrpc\nfinetune: {epocs: 2}\n")
+    assert main(["finetune", "--config", str(bad_cfg), "--data-dir", glue, "--output-dir", str(tmp / "o2")]) == 2
+    assert "unknown FinetuneConfig field(s) ['epocs']" in capsys.readouterr().err
+
