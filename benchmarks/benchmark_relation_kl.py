@@ -84,7 +84,7 @@ def cases(device: str, quick: bool):
 
 def main(argv=None):
     args = harness.op_args(__doc__, argv)
-    harness.run_op_main(BENCHMARK, cases(args.device, args.quick), args, compile_groups=("L", "batch", "mem"))
+    harness.run_op_main(BENCHMARK, cases(args.device, args.quick), args, compile_groups=("L", "mem"))
 
 
 if __name__ == "__main__":

@@ -362,7 +362,7 @@ def time_interleaved(
     On a shared machine the load changes over seconds; interleaving puts every
     backend under the same load, so the ratios of their medians stay fair even
     when absolute times drift. Stops once every callable has `repeats` times and
-    each has spent `min_time_s` in total (or after `max_repeats` rounds). A
+    the rounds have spent `min_time_s` per callable on average (or after `max_repeats` rounds). A
     callable that raises gets its exception as its result and leaves the rounds.
     """
     out: Dict[str, object] = {}
@@ -382,7 +382,8 @@ def time_interleaved(
     times: Dict[str, List[float]] = {n: [] for n in live}
     last: Dict[str, object] = {}
     rounds = 0
-    while live and (rounds < repeats or (min(sum(times[n]) for n in live) < min_time_s and rounds < max_repeats)):
+    # at least `repeats` rounds; more (up to max_repeats) until the rounds took min_time_s per callable on average
+    while live and (rounds < repeats or (sum(sum(times[n]) for n in live) < min_time_s * len(live) and rounds < max_repeats)):
         for name in list(live):
             try:
                 _sync(device)
@@ -572,7 +573,7 @@ def run_op_main(bench: OpBenchmark, all_cases: Sequence[OpCase], args, compile_g
         backends=backends,
         compile_groups=compile_groups,
         warmup=1 if args.quick else 2,
-        repeats=2 if args.quick else 5,
+        repeats=2 if args.quick else 3,
         min_time_s=0.0 if args.quick else 1.0,
         out_csv=out,
     )

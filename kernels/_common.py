@@ -93,31 +93,37 @@ class Blocks:
     num_stages: int
 
 
-def relation_blocks(L: int, widths, itemsize: int, backward: bool) -> Blocks:
-    """Tile sizes for an L x L relation whose score tiles are built from heads of the given padded widths.
+def relation_blocks(L: int, widths, itemsize: int, backward: bool, chunked: bool = False) -> Blocks:
+    """Tile sizes for an L x L relation whose tiles carry head chunks of the given padded widths.
 
     Interpreter: 64 x 64 tiles. Its cost is per program and per tile
     operation, nearly whatever the tile size, so the largest tiles that still
     leave the test shapes (L = 70) several tiles in each direction.
-    GPU: the usual flash-attention sizes, smaller when the padded head widths
-    (which set the shared memory per stage) are large or the inputs fp32.
+    GPU: chosen from the register use and spills that ptxas reports for
+    sm_90 at the headline shape (d = 64 and 26). "Light" steps (at most 256
+    bytes of head columns per row, e.g. bf16 64 + 32, or 64 + 32 + 32 in the
+    student backward) take 128 x 64 (forward) or 64 x 64 (backward) tiles on
+    8 warps with no spills; heavier ones (fp32, whose tf32x3 products need
+    more registers, or the teacher backward) take 64 x 64 forward / 64 x 32
+    backward tiles, again spill-free. Heads wider than one chunk (d > 64:
+    L_EMB, L_SS, L_SC) loop over chunks inside every key step and spill
+    least with 64 x 64 tiles on 8 warps.
     """
     cap = pow2_at_least(L)
     if interpreting():
         b = min(64, cap)
         return Blocks(b, b, 4, 1)
-    wide = sum(widths) * itemsize > 256  # more than e.g. 64 + 64 bf16 columns per row
-    if backward:
-        bm = 64 if not wide else 32
-        bn = 64
+    light = sum(widths) * itemsize <= 256
+    if chunked:
+        bm, bn, warps = 64, 64, 8
+    elif backward:
+        bm, bn, warps = (64, 64, 8) if light else (64, 32, 4)
     else:
-        bm = 128 if not wide else 64
-        bn = 64
+        bm, bn, warps = (128, 64, 8) if light else (64, 64, 8)
     bm, bn = min(bm, cap), min(bn, cap)
-    # The backward keeps about six live (block_m, block_n) fp32 tiles (two score tiles, four
-    # probabilities): eight warps keep a 64 x 64 step within the registers.
-    num_warps = 8 if bm * bn >= (64 * 64 if backward else 128 * 64) else 4
-    return Blocks(bm, bn, num_warps, 2)
+    if bm * bn < 64 * 64:  # short sequences: small tiles need fewer warps
+        warps = 4
+    return Blocks(bm, bn, warps, 2)
 
 
 def device_function(fn):
@@ -137,26 +143,33 @@ def tile_scores(q_base, k_base, rows, cols, row_ok, col_ok, stride_l, stride_d, 
                 D_CHUNKS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """X[rows] . X[cols]^T over the d columns starting at q_base / k_base, as a (BLOCK_M, BLOCK_N) fp32 tile.
 
-    Columns beyond d and rows/cols outside the sequence load as zeros. With a
-    single chunk the caller passes the query tile already loaded (q_pre), so it
-    is read once per program instead of once per key tile.
+    Columns beyond d and rows/cols outside the sequence load as zeros. A head
+    of one chunk uses the query tile the caller loaded once (q_pre); wider
+    heads loop over chunks at run time (a loop the compiler unrolls would keep
+    every chunk's tiles in shared memory at once: > 200 KB at d = 768).
     """
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     dk = tl.arange(0, BLOCK_D)
-    for c in tl.static_range(D_CHUNKS):
-        dc = c * BLOCK_D + dk
-        d_ok = dc < d
-        if D_CHUNKS == 1:
-            q = q_pre
-        else:
-            q = tl.load(q_base + rows[:, None] * stride_l + dc[None, :] * stride_d,
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        k = tl.load(k_base + cols[:, None] * stride_l + dc[None, :] * stride_d,
-                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    if D_CHUNKS == 1:
+        k = tl.load(k_base + cols[:, None] * stride_l + dk[None, :] * stride_d,
+                    mask=col_ok[:, None] & (dk < d)[None, :], other=0.0)
+        q = q_pre
         if DOT_F32:
             q = q.to(tl.float32)
             k = k.to(tl.float32)
-        acc = tl.dot(q, tl.trans(k), acc, input_precision=PRECISION)
+        acc = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for c in range(D_CHUNKS):
+            dc = c * BLOCK_D + dk
+            d_ok = dc < d
+            q = tl.load(q_base + rows[:, None] * stride_l + dc[None, :] * stride_d,
+                        mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            k = tl.load(k_base + cols[:, None] * stride_l + dc[None, :] * stride_d,
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            if DOT_F32:
+                q = q.to(tl.float32)
+                k = k.to(tl.float32)
+            acc = tl.dot(q, tl.trans(k), acc, input_precision=PRECISION)
     return acc
 
 

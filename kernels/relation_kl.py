@@ -215,14 +215,14 @@ def _launch_common(teacher, student, splits):
         DOT_F32=dot_f32, PRECISION=precision,
     )
     itemsize = max(teacher.element_size(), student.element_size())
-    return common, (tt.block * tt.chunks, ts.block * ts.chunks), itemsize
+    return common, (tt.block, ts.block), itemsize, max(tt.chunks, ts.chunks) > 1
 
 
 def relation_kl_forward(teacher, student, splits, valid):
     """Per-row KL (nats) and the two per-row log-sum-exps (base 2), each (B, A, L) fp32."""
     B, L, _ = teacher.shape
-    common, widths, itemsize = _launch_common(teacher, student, splits)
-    blk = relation_blocks(L, (min(w, 64) for w in widths), itemsize, backward=False)
+    common, widths, itemsize, chunked = _launch_common(teacher, student, splits)
+    blk = relation_blocks(L, widths, itemsize, backward=False, chunked=chunked)
     kl = torch.empty(B, splits, L, device=teacher.device, dtype=torch.float32)
     lse_t = torch.empty_like(kl)
     lse_s = torch.empty_like(kl)
@@ -241,11 +241,11 @@ def relation_kl_backward(teacher, student, splits, valid, weights, gamma, kl, ls
     weights (B, L) fp32 (1 for a valid row, 0 for padding), gamma a 1-element fp32 tensor.
     """
     B, L, _ = teacher.shape
-    common, widths, itemsize = _launch_common(teacher, student, splits)
+    common, widths, itemsize, chunked = _launch_common(teacher, student, splits)
     x = teacher if wrt_teacher else student
     d_out = x.shape[2] // splits
     bd_o = head_tiling(d_out).block
-    blk = relation_blocks(L, (min(w, 64) for w in widths + (bd_o,)), itemsize, backward=True)
+    blk = relation_blocks(L, widths + (bd_o,), itemsize, backward=True, chunked=chunked)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     grid = (B * splits, triton.cdiv(L, blk.block_m), triton.cdiv(d_out, bd_o))
     _relation_kl_bwd[grid](

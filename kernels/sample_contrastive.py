@@ -133,7 +133,7 @@ class SampleContrastive(torch.autograd.Function):
     def forward(ctx, x, ids, temperature, base_temperature):
         N = x.shape[0]
         tiling, common = _launch_common(x)
-        blk = relation_blocks(N, (tiling.block,), x.element_size(), backward=False)
+        blk = relation_blocks(N, (tiling.block,), x.element_size(), backward=False, chunked=tiling.chunks > 1)
         loss_rows = torch.empty(N, device=x.device, dtype=torch.float32)
         lse = torch.empty_like(loss_rows)
         cnt = torch.empty_like(loss_rows)
@@ -153,7 +153,7 @@ class SampleContrastive(torch.autograd.Function):
         x, ids, lse, cnt = ctx.saved_tensors
         N, D = x.shape
         tiling, common = _launch_common(x)
-        blk = relation_blocks(N, (tiling.block, tiling.block), x.element_size(), backward=True)
+        blk = relation_blocks(N, (tiling.block, tiling.block), x.element_size(), backward=True, chunked=tiling.chunks > 1)
         g = (grad.to(torch.float32) * (ctx.factor / N)).reshape(1)  # stays on the device: no host sync
         dx = torch.empty(N, D, device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(N, blk.block_m), triton.cdiv(D, tiling.block))

@@ -174,6 +174,9 @@ def cmd_finetune(args) -> int:
     cfg = _train_config(FinetuneConfig, args, file.get("finetune", {}), dict(COMMON_FLAGS, epochs="epochs"))
     train, dev = _load_data(args, file, task, need_train=True)
     model_dir = args.model or pretrained_teacher_dir()
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the new classification head is initialised reproducibly
     model, tokenizer = load_for_task(model_dir, spec.num_labels)
     result = finetune(model, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir, tokenizer=tokenizer,
                       resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)

@@ -190,7 +190,13 @@ def load_datasets_split(task: str, source: str, split: str):
     else:
         hub_split = {"dev": "validation_matched" if spec.name == "mnli" else "validation"}.get(split, split)
         config = spec.name.replace("-", "")
-        ds = datasets.load_dataset(source, config, split=hub_split)
+        try:
+            ds = datasets.load_dataset(source, config, split=hub_split)
+        except Exception as e:  # offline, unknown name, unknown config: say which source failed
+            raise ValueError(
+                f"{source!r} is neither a local file nor a loadable datasets hub dataset "
+                f"(config {config!r}, split {hub_split!r}; hub names need network): {type(e).__name__}: {e}"
+            ) from e
     return normalize_columns(spec, ds, source)
 
 

@@ -26,7 +26,7 @@ from mlkd_fast.config import DistillConfig, config_to_dict
 from mlkd_fast.data import Collator, batches, epoch_order, get_task, num_batches, prepare_dataset, subset
 from mlkd_fast.evaluate import evaluate_model, pad_id
 from mlkd_fast.layer_map import resolve_layer_map
-from mlkd_fast.losses import STAGE_TERMS, DistillProjections, LossContext, stage_loss, stage_weights
+from mlkd_fast.losses import DistillProjections, LossContext, stage_loss, stage_weights
 from mlkd_fast.metrics import main_metric
 from mlkd_fast.train_utils import (
     MetricLogger,
@@ -242,4 +242,4 @@ def distill(
     return DistillResult(student_dir=student_dir, history=history, best_metric=best["value"] if best else None, metric=metric)
 
 
-__all__ = ["distill", "DistillResult", "STAGE_TERMS"]
+__all__ = ["distill", "DistillResult"]

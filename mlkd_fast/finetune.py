@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

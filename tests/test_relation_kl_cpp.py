@@ -36,31 +36,46 @@ def ragged(B, L):
     return torch.arange(L)[None, :] < lengths[:, None]
 
 
-def assert_close(got, want, tol, what):
+def rel_err(got, want):
+    """Norm-wise relative error ||got - want|| / ||want|| (0 when both are 0)."""
     got, want = got.double(), want.double()
-    scale = want.abs().max().item()
-    err = (got - want).abs().max().item()
-    assert err <= tol * max(scale, 1e-300), f"{what}: max abs err {err:.3e} vs max |ref| {scale:.3e} (tol {tol:g})"
+    return ((got - want).norm() / want.norm().clamp_min(1e-300)).item()
+
+
+def assert_close(got, want, tol, what, eager_err=0.0):
+    """Relative error <= tol; or, for inputs so ill-conditioned that the eager
+    fp32 path itself misses tol / 2, <= 2x its error. (L = 2 with one wide
+    split: KL ~ 1e-4 from logits ~ 2 whose fp32 rounding alone moves it by
+    ~1e-5 relative, in every fp32 implementation.)"""
+    err = rel_err(got, want)
+    assert err <= max(tol, 2 * eager_err), f"{what}: relative error {err:.3e} (tol {tol:g}, eager fp32 {eager_err:.3e})"
 
 
 def check_against_reference(t, s, splits, mask, upstream, teacher_grad):
     """Loss and gradients of backend="cpp" vs the float64 reference, both scaled by `upstream`."""
-    tol = TOL[torch.float64 if torch.float64 in (t.dtype, s.dtype) else torch.float32]
-    t = t.detach().requires_grad_(teacher_grad)
-    s = s.detach().requires_grad_(True)
-    loss = mf.relation_kl(t, s, splits, mask, backend="cpp")
-    assert loss.dim() == 0 and loss.dtype == (torch.float64 if torch.float64 in (t.dtype, s.dtype) else torch.float32)
-    (loss * upstream).backward()
-    t64 = t.detach().double().requires_grad_(teacher_grad)
-    s64 = s.detach().double().requires_grad_(True)
-    ref = reference.relation_kl(t64, s64, splits, mask)
-    (ref * upstream).backward()
-    assert loss.item() == pytest.approx(ref.item(), rel=tol, abs=1e-300)
-    assert s.grad.dtype == s.dtype and s.grad.shape == s.shape
-    assert_close(s.grad, s64.grad, tol, "student grad")
+    fp64 = torch.float64 in (t.dtype, s.dtype)
+    tol = TOL[torch.float64 if fp64 else torch.float32]
+    grads = {}
+    for name, tt, ss in (("cpp", t, s), ("ref", t.double(), s.double()), ("eager", t, s)):
+        if name == "eager" and fp64:
+            break
+        tt = tt.detach().requires_grad_(teacher_grad)
+        ss = ss.detach().requires_grad_(True)
+        loss = mf.relation_kl(tt, ss, splits, mask, backend="cpp") if name == "cpp" else reference.relation_kl(tt, ss, splits, mask)
+        (loss * upstream).backward()
+        grads[name] = (loss.detach(), tt.grad, ss.grad)
+    (loss, g_t, g_s), (ref, r_t, r_s) = grads["cpp"], grads["ref"]
+    eager = grads.get("eager", (None, None, None))
+    assert loss.dim() == 0 and loss.dtype == (torch.float64 if fp64 else torch.float32)
+    e_loss = rel_err(eager[0], ref) if eager[0] is not None else 0.0
+    assert_close(loss, ref, tol, "loss", e_loss)
+    assert g_s.dtype == s.dtype and g_s.shape == s.shape
+    e_s = rel_err(eager[2], r_s) if eager[2] is not None else 0.0
+    assert_close(g_s, r_s, tol, "student grad", e_s)
     if teacher_grad:
-        assert t.grad.dtype == t.dtype
-        assert_close(t.grad, t64.grad, tol, "teacher grad")
+        assert g_t.dtype == t.dtype
+        e_t = rel_err(eager[1], r_t) if eager[1] is not None else 0.0
+        assert_close(g_t, r_t, tol, "teacher grad", e_t)
 
 
 SHAPES = [(L, 768, 312, 12) for L in (1, 2, 37, 129, 300)] + [(L, 384, 384, A) for L in (2, 37, 129, 300) for A in (1, 12)]
