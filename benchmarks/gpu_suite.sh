@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite of the Triton kernels, one command on a machine with a CUDA GPU:
 #
-#     bash benchmarks/gpu_suite.sh            # tests + full benchmark (about 15-25 minutes on an H100)
+#     bash benchmarks/gpu_suite.sh            # tests + full benchmark
 #     bash benchmarks/gpu_suite.sh --quick    # tests + a short benchmark
 #
 # Needs the package installed against a CUDA build of torch, with triton

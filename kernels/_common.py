@@ -3,12 +3,12 @@
 Configuration is a small heuristic per shape instead of `@triton.autotune`:
 autotuning with several configs cannot run under the Triton interpreter
 (it times configs through the driver), and the relation shapes are few and
-regular (head widths of 16..128 after padding, L from 1 to tens of thousands).
+regular (heads cut into 16..64-wide chunks, L from 1 to tens of thousands).
 
 All scores inside the kernels are kept in base-2 units (natural logit times
 log2(e)) so that the softmaxes use exp2/log2, the fast hardware functions;
-results are converted back to natural units (times ln 2) before they leave
-a kernel.
+results are converted back to natural units (times ln 2 = 0.6931471805599453,
+written as a literal inside the kernels) before they leave a kernel.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 # tl.dot needs every tile dimension >= 16; head widths are padded up to a power
 # of two >= 16 and processed in chunks of at most MAX_BLOCK_D columns so that

@@ -34,7 +34,6 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from mlkd_fast.kernels._common import (
-    LN2,
     LOG2E,
     check_dtypes,
     dot_flags,

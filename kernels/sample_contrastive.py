@@ -19,7 +19,6 @@ statistics): one program per block of rows owns its output, no atomics.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

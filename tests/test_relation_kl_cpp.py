@@ -42,40 +42,41 @@ def rel_err(got, want):
     return ((got - want).norm() / want.norm().clamp_min(1e-300)).item()
 
 
-def assert_close(got, want, tol, what, eager_err=0.0):
-    """Relative error <= tol; or, for inputs so ill-conditioned that the eager
-    fp32 path itself misses tol / 2, <= 2x its error. (L = 2 with one wide
-    split: KL ~ 1e-4 from logits ~ 2 whose fp32 rounding alone moves it by
-    ~1e-5 relative, in every fp32 implementation.)"""
+def assert_close(got, want, tol, what):
     err = rel_err(got, want)
-    assert err <= max(tol, 2 * eager_err), f"{what}: relative error {err:.3e} (tol {tol:g}, eager fp32 {eager_err:.3e})"
+    assert err <= tol, f"{what}: relative error {err:.3e} (tol {tol:g})"
 
 
-def check_against_reference(t, s, splits, mask, upstream, teacher_grad):
+# fp32 rounding of the logits themselves (~1e-7 of |logit|) moves a KL by up
+# to ~1e-7 nats, whatever the implementation: a KL of 1e-4 (L = 2 keys, one
+# wide split, p ~ q) can then only be checked to ~1e-7 nats, not 1e-5 relative.
+# Measured over 400 draws of that case: eager fp32 torch and cpp both have a
+# median relative error of 5e-6 and a 99th percentile of 5e-5.
+FP32_LOSS_ABS = 1e-7
+# The same case's gradients (norm-wise): median 1e-6, worst of 100 draws 2e-5 for both.
+FP32_ILL_CONDITIONED = {(2, 384, 384, 1): 1e-4}
+
+
+def check_against_reference(t, s, splits, mask, upstream, teacher_grad, grad_tol=None):
     """Loss and gradients of backend="cpp" vs the float64 reference, both scaled by `upstream`."""
     fp64 = torch.float64 in (t.dtype, s.dtype)
     tol = TOL[torch.float64 if fp64 else torch.float32]
-    grads = {}
-    for name, tt, ss in (("cpp", t, s), ("ref", t.double(), s.double()), ("eager", t, s)):
-        if name == "eager" and fp64:
-            break
-        tt = tt.detach().requires_grad_(teacher_grad)
-        ss = ss.detach().requires_grad_(True)
-        loss = mf.relation_kl(tt, ss, splits, mask, backend="cpp") if name == "cpp" else reference.relation_kl(tt, ss, splits, mask)
-        (loss * upstream).backward()
-        grads[name] = (loss.detach(), tt.grad, ss.grad)
-    (loss, g_t, g_s), (ref, r_t, r_s) = grads["cpp"], grads["ref"]
-    eager = grads.get("eager", (None, None, None))
+    grad_tol = grad_tol or tol
+    t = t.detach().requires_grad_(teacher_grad)
+    s = s.detach().requires_grad_(True)
+    loss = mf.relation_kl(t, s, splits, mask, backend="cpp")
     assert loss.dim() == 0 and loss.dtype == (torch.float64 if fp64 else torch.float32)
-    e_loss = rel_err(eager[0], ref) if eager[0] is not None else 0.0
-    assert_close(loss, ref, tol, "loss", e_loss)
-    assert g_s.dtype == s.dtype and g_s.shape == s.shape
-    e_s = rel_err(eager[2], r_s) if eager[2] is not None else 0.0
-    assert_close(g_s, r_s, tol, "student grad", e_s)
+    (loss * upstream).backward()
+    t64 = t.detach().double().requires_grad_(teacher_grad)
+    s64 = s.detach().double().requires_grad_(True)
+    ref = reference.relation_kl(t64, s64, splits, mask)
+    (ref * upstream).backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=tol, abs=1e-300 if fp64 else FP32_LOSS_ABS)
+    assert s.grad.dtype == s.dtype and s.grad.shape == s.shape
+    assert_close(s.grad, s64.grad, grad_tol, "student grad")
     if teacher_grad:
-        assert g_t.dtype == t.dtype
-        e_t = rel_err(eager[1], r_t) if eager[1] is not None else 0.0
-        assert_close(g_t, r_t, tol, "teacher grad", e_t)
+        assert t.grad.dtype == t.dtype
+        assert_close(t.grad, t64.grad, grad_tol, "teacher grad")
 
 
 SHAPES = [(L, 768, 312, 12) for L in (1, 2, 37, 129, 300)] + [(L, 384, 384, A) for L in (2, 37, 129, 300) for A in (1, 12)]
@@ -87,8 +88,9 @@ def test_matches_reference(L, Dt, Ds, splits, dtype):
     B = 3
     t, s = features(B, L, Dt, splits, dtype), features(B, L, Ds, splits, dtype)
     upstream = 0.5 + 3 * torch.rand(()).item()
-    check_against_reference(t, s, splits, ragged(B, L), upstream, teacher_grad=True)
-    check_against_reference(t, s, splits, None, upstream, teacher_grad=False)
+    grad_tol = FP32_ILL_CONDITIONED.get((L, Dt, Ds, splits)) if dtype == torch.float32 else None
+    check_against_reference(t, s, splits, ragged(B, L), upstream, teacher_grad=True, grad_tol=grad_tol)
+    check_against_reference(t, s, splits, None, upstream, teacher_grad=False, grad_tol=grad_tol)
 
 
 def test_bool_and_int_masks_agree():

@@ -180,8 +180,8 @@ def test_gpu_configs_are_valid_tiles(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the GPU branch of the heuristic (nothing is launched)
     for L in (1, 17, 70, 512, 16384):
         for widths, itemsize in (((64, 32), 2), ((64, 32), 4), ((64, 64, 64), 4), ((32,), 2)):
-            for backward in (False, True):
-                blk = _common.relation_blocks(L, widths, itemsize, backward)
+            for backward, chunked in ((False, False), (True, False), (False, True), (True, True)):
+                blk = _common.relation_blocks(L, widths, itemsize, backward, chunked)
                 for size in (blk.block_m, blk.block_n):
                     assert size >= 16 and size & (size - 1) == 0
                     assert size <= max(16, triton_next_pow2(L))
@@ -189,6 +189,29 @@ def test_gpu_configs_are_valid_tiles(monkeypatch):
     for d, (block, chunks) in {1: (16, 1), 26: (32, 1), 64: (64, 1), 312: (64, 5), 768: (64, 12)}.items():
         tiling = _common.head_tiling(d)
         assert (tiling.block, tiling.chunks) == (block, chunks)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        # The headline shape (d = 64 / 26) compiles for an H100 without spills, every dtype's configuration.
+        ["--dtype", "bf16", "--no-spills"],
+        ["--dtype", "fp32", "--no-spills"],
+        # Wide heads (L_EMB: d = 768 / 312 in chunks) and the L_SC kernels fit the H100's shared memory.
+        ["--dtype", "fp16", "--shape", "32", "128", "768", "312", "1", "--contrastive", "64"],
+    ],
+    ids=["bf16-headline", "fp32-headline", "fp16-wide-and-contrastive"],
+)
+def test_kernels_compile_for_h100(args):
+    """What the interpreter cannot check: the kernels compile for sm_90 (no GPU needed) within its resources."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-W", "ignore", "-m", "mlkd_fast.kernels._compile_check", *args],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("ok ") >= 3, res.stdout  # forward, student and teacher backward at least
 
 
 def triton_next_pow2(n):
