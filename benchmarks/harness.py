@@ -98,7 +98,8 @@ def machine_kind(device: str) -> str:
     if device == "cuda":
         name = torch.cuda.get_device_name(0).lower()
         return "gpu-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
-    return f"cpu-{_cores()}core"
+    threads = torch.get_num_threads()
+    return f"cpu-{_cores()}core" + (f"-{threads}thread" if threads != _cores() else "")
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,6 +110,8 @@ def machine_info(device: str) -> Dict[str, str]:
         "cpu_model": _cpu_model(),
         "cores": str(_cores()),
         "threads": str(torch.get_num_threads()),
+        # OpenMP's spin-waiting makes 2 threads 30x slower when another process holds a core; run_all.sh sets PASSIVE
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "",
         "torch": torch.__version__,
         "cuda": (torch.version.cuda or "") if device == "cuda" else "",
@@ -124,7 +127,8 @@ def describe(device: str) -> str:
     m = machine_info(device)
     gpu = f", GPU {m['gpu']} (CUDA {m['cuda']})" if m["gpu"] else ""
     return (
-        f"{m['machine']}: {m['cpu_model']}, {m['cores']} cores, {m['threads']} torch threads{gpu}; "
+        f"{m['machine']}: {m['cpu_model']}, {m['cores']} cores, {m['threads']} torch threads, "
+        f"OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}{gpu}; "
         f"torch {m['torch']}, triton {m['triton'] or '-'}, python {m['python']}, commit {m['commit']}"
     )
 

@@ -240,7 +240,8 @@ def main(argv=None):
             rows = harness.read_csv(path)
             if rows and not desc:
                 r = rows[-1]
-                desc = (f"{machine}: {r['cpu_model']}, {r['cores']} cores, {r['threads']} threads"
+                desc = (f"{machine}: {r['cpu_model']}, {r['cores']} cores, {r['threads']} threads, "
+                        f"OMP_WAIT_POLICY={r.get('omp_wait_policy') or 'unset'}"
                         + (f", {r['gpu']}" if r.get("gpu") else "") + f"; torch {r['torch']}, commit {r['commit']}")
             png = os.path.join(args.dir, f"{name}_{machine}.png")
             if name in OPS:

@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
+# With OpenMP's default spin-waiting, 2 torch threads run up to 30x slower as soon as another
+# process takes a core (measured here: a 4L-312 forward, 21 ms -> 620 ms); passive waiting
+# costs little on a quiet machine and keeps shared-machine numbers meaningful. Override by
+# exporting OMP_WAIT_POLICY=ACTIVE on a dedicated machine; every CSV row records the policy.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=benchmarks/results
 for a in "$@"; do
     if [ "$a" = "--quick" ]; then OUT=$("$PY" -c "import tempfile, os; print(os.path.join(tempfile.gettempdir(), 'mlkd_fast_bench_quick'))"); fi
