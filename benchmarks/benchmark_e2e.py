@@ -7,7 +7,8 @@ One step = teacher forward (no_grad, eval) capturing its features, student
 forward (train mode) capturing its features, the stage loss
 (mlkd_fast.losses.stage_loss with stage_weights and DistillProjections),
 backward, and an AdamW step over the student and the projections. Each phase
-is timed separately as well (CUDA is synchronised between phases). Pairs,
+is timed separately as well (CUDA is synchronised between phases); the
+reference and fused trainers take turns step by step. Pairs,
 random weights (timing does not depend on them):
   minilm: teacher 6L/384/12 heads/FFN 1536 (all-MiniLM-L6-v2's shape), student 3L/384/4 heads/FFN 1536
   base:   teacher 12L/768/12 heads/FFN 3072 (BERT-base), student 4L/312/12 heads/FFN 1200 (the paper's)
@@ -16,7 +17,7 @@ L=512), with padding (each sequence keeps a random length in [L/2, L]). The
 fused backend is "cpp" on CPU and "triton" on CUDA; when it is not built the
 rows say so. Peak memory: growth of resident memory (CPU; glibc's mmap
 threshold pinned, see harness.py) or of max_memory_allocated (CUDA) during
-one step, after warm-up.
+the last timed step, above what the previous step left (models, optimizer state).
 """
 from __future__ import annotations
 
@@ -111,13 +112,16 @@ class Trainer:
         return loss
 
 
-def time_steps(trainers, batch, device, warmup, repeats):
-    """Interleaved steps of several trainers (round r steps each once): per trainer, step times and phase times (s).
+def time_steps(trainers, batch, device, warmup, repeats, memory=False):
+    """Interleaved steps of several trainers (round r steps each once).
 
-    Interleaving puts the reference and the fused backend under the same
-    machine load, so their ratio stays fair on a shared machine.
+    Returns per trainer (step times, phase times, peak memory growth of the
+    last round's step in MiB or None). Interleaving puts the reference and the
+    fused backend under the same machine load, so their ratio stays fair on a
+    shared machine; the memory is read around a timed step (reading the
+    high-water mark costs nothing), which saves a step per backend.
     """
-    out = {name: ([], {p: [] for p in PHASES}) for name in trainers}
+    out = {name: ([], {p: [] for p in PHASES}, None) for name in trainers}
     for i in range(warmup + repeats):
         for name, trainer in trainers.items():
             marks = []
@@ -127,20 +131,24 @@ def time_steps(trainers, batch, device, warmup, repeats):
                     torch.cuda.synchronize()
                 marks.append((phase, time.perf_counter()))
 
-            clock("start")
-            trainer.step(batch, clock)
+            def step():
+                clock("start")
+                trainer.step(batch, clock)
+
+            peak = None
+            if memory and i == warmup + repeats - 1:
+                peak = harness.cuda_peak_growth_mb(step) if device == "cuda" else harness.cpu_peak_growth_mb(step)
+            else:
+                step()
             if i < warmup:
                 continue
-            totals, phases = out[name]
+            totals, phases, _ = out[name]
             totals.append(marks[-1][1] - marks[0][1])
             for (_, t0), (phase, t1) in zip(marks, marks[1:]):
                 phases[phase].append(t1 - t0)
+            if peak is not None:
+                out[name] = (totals, phases, peak)
     return out
-
-
-def peak_step_memory_mb(trainer, batch, device):
-    step = lambda: trainer.step(batch)  # noqa: E731
-    return harness.cuda_peak_growth_mb(step) if device == "cuda" else harness.cpu_peak_growth_mb(step)
 
 
 def run(args):
@@ -165,13 +173,14 @@ def run(args):
                         rows[backend]["status"] = f"unavailable: backend {backend!r} is not built here (available: {available})"
                         continue
                     trainers[backend] = Trainer(pair, stage, backend, device)
+                memory = not args.no_memory and (device == "cuda" or harness.malloc_pinned())
                 try:
-                    timed = time_steps(trainers, batch, device, args.warmup, args.repeats)
+                    timed = time_steps(trainers, batch, device, args.warmup, args.repeats, memory=memory)
                 except Exception as e:  # one backend failing fails the comparison: say so in both rows
                     timed = {}
                     for backend in trainers:
                         rows[backend]["status"] = harness._error(e)
-                for backend, (totals, phases) in timed.items():
+                for backend, (totals, phases, peak) in timed.items():
                     row = rows[backend]
                     t = harness.Timing(totals, first_call_s=float("nan"))
                     row.update({k: v for k, v in t.columns().items() if k != "first_call_ms"})
@@ -183,7 +192,7 @@ def run(args):
                     elif device == "cpu" and not harness.malloc_pinned():
                         row["status"] = "ok; memory not measured: glibc's mmap threshold is not pinned (run the script itself)"
                     else:
-                        row["peak_mem_mb"] = f"{peak_step_memory_mb(trainers[backend], batch, device):.1f}"
+                        row["peak_mem_mb"] = f"{peak:.1f}"
                 trainers.clear()
                 ref, fus = rows["torch"], rows[fused]
                 if "median_ms" in ref and "median_ms" in fus:

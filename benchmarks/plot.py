@@ -84,26 +84,36 @@ def plot_op(plt, op: str, rows, png: str, machine: str) -> bool:
 
 
 def plot_heads(plt, rows, png: str, machine: str) -> bool:
+    """Latency relative to the 12-head model (same shape, attention, batch, run), linear scale: the effect is small."""
     rows = [r for r in latest(rows, ("model", "attn", "heads", "batch", "L")) if ok(r)]
     if not rows:
         return False
     panels = list(dict.fromkeys((r["model"], r["attn"]) for r in rows))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
-    for ax, (model, attn) in zip(axes[0], panels):
+    cols = min(2, len(panels))
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
+    for ax, (model, attn) in zip(axes.flat, panels):
         sub = [r for r in rows if r["model"] == model and r["attn"] == attn]
         for batch in sorted({int(r["batch"]) for r in sub}):
             pts = sorted((int(r["heads"]), float(r["median_ms"])) for r in sub if int(r["batch"]) == batch)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"batch {batch}")
+            base = dict(pts).get(12)
+            if base is None:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] / base for p in pts], marker="o",
+                    label=f"batch {batch} (12 heads: {base:.1f} ms)")
         heads = sorted({int(r["heads"]) for r in sub})
         ax.set_xscale("log", base=2)
         ax.set_xticks(heads)
         ax.set_xticklabels([str(h) for h in heads])
-        ax.set_yscale("log")
+        ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xlabel("attention heads")
-        ax.set_ylabel("median latency (ms)")
+        ax.set_ylabel("median latency / 12-head latency")
         ax.set_title(f"{model}, {attn} attention, L={sub[0]['L']}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=8, loc="lower right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.suptitle(f"student inference latency vs heads on {machine}", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
