@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="auto, cpu, cuda")
     ev.add_argument("--threads", type=int, help="torch CPU threads for the timing (default: torch's)")
     ev.add_argument("--json", help="also write the results to this JSON file")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -251,11 +252,10 @@ def cmd_evaluate(args) -> int:
     _, dev = _load_data(args, file, task, need_train=False)
     if opts["threads"]:
         torch.set_num_threads(int(opts["threads"]))
-    rows = []
-    for m in args.model:
-        r = evaluate(m, dev, task=task, batch_size=opts["batch_size"] or 32, max_seq_length=opts["max_seq_length"] or 128,
-                     device=opts["device"] or "cpu", latency_batches=10 if opts["latency_batches"] is None else opts["latency_batches"])
-        rows.append(dict(model=m, **r))
+    results = evaluate(list(args.model), dev, task=task, batch_size=opts["batch_size"] or 32,
+                       max_seq_length=opts["max_seq_length"] or 128, device=opts["device"] or "cpu",
+                       latency_batches=10 if opts["latency_batches"] is None else opts["latency_batches"])
+    rows = [dict(model=m, **r) for m, r in zip(args.model, results)]
     _print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -285,7 +285,8 @@ def _print_table(rows) -> None:
     for l in lines:
         print("  ".join(str(c).ljust(w) for c, w in zip(l, widths)))
     if "latency_ms_per_batch" in rows[0]:
-        print(f"latency: median over {rows[0]['latency_batches']} batches of {rows[0]['latency_batch_size']} dev examples")
+        print(f"latency: median over {rows[0]['latency_batches']} batches of {rows[0]['latency_batch_size']} dev examples, "
+              "models timed interleaved batch by batch")
 
 
 COMMANDS = {"finetune": cmd_finetune, "distill": cmd_distill, "evaluate": cmd_evaluate}

@@ -46,38 +46,52 @@ def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not (exclude_embeddings and ".embeddings." in f".{n}"))
 
 
-@torch.no_grad()
-def measure_latency(
-    model: nn.Module, ds, batch_size: int, device: torch.device, pad_token_id: int = 0, num_batches: int = 10, warmup: int = 2
-) -> Dict[str, float]:
-    """Wall-clock milliseconds per forward pass over the first batches of `ds` (dataset order)."""
-    model.eval()
+def _timing_batches(model, ds, batch_size: int, device: torch.device, pad_token_id: int, count: int):
     collate = Collator(pad_token_id, regression=int(model.config.num_labels) == 1)
     prepared = []
     for i, batch in enumerate(batches(ds, np.arange(len(ds)), batch_size, collate)):
-        if i >= num_batches + warmup:
+        if i >= count:
             break
         prepared.append({k: v.to(device) for k, v in batch.items() if k != "labels"})
-    times = []
-    for i, inputs in enumerate(prepared):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        model(**inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup or len(prepared) <= warmup:
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return {
-        "latency_ms_per_batch": statistics.median(times),
-        "latency_ms_mean": statistics.fmean(times),
-        "latency_batches": len(times),
-        "latency_batch_size": batch_size,
-    }
+    return prepared
+
+
+@torch.no_grad()
+def measure_latency(models, datasets, batch_size: int, device: torch.device, pad_token_ids, num_batches: int = 10, warmup: int = 2):
+    """Wall-clock milliseconds per forward pass over the first dev batches (dataset order), one dict per model.
+
+    With several models the timings are interleaved batch by batch (model A batch i, model B batch i, ...),
+    so that load from other processes on a shared machine hits every model alike and their ratio holds.
+    """
+    prepared = [_timing_batches(m, d, batch_size, device, p, num_batches + warmup) for m, d, p in zip(models, datasets, pad_token_ids)]
+    times = [[] for _ in models]
+    for m in models:
+        m.eval()
+    for i in range(max(len(p) for p in prepared)):
+        for j, m in enumerate(models):
+            if i >= len(prepared[j]):
+                continue
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            m(**prepared[j][i])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup or len(prepared[j]) <= warmup:
+                times[j].append((time.perf_counter() - t0) * 1000.0)
+    return [
+        {
+            "latency_ms_per_batch": statistics.median(t),
+            "latency_ms_mean": statistics.fmean(t),
+            "latency_batches": len(t),
+            "latency_batch_size": batch_size,
+        }
+        for t in times
+    ]
 
 
 def evaluate(
-    model,
+    models,
     eval_data,
     *,
     task: Optional[str] = None,
@@ -86,30 +100,38 @@ def evaluate(
     max_seq_length: int = 128,
     device: str = "cpu",
     latency_batches: int = 0,
-) -> Dict[str, float]:
-    """Dev metrics of `model` (a model or a from_pretrained directory); latency too when latency_batches > 0."""
+):
+    """Dev metrics and sizes of a model (or a from_pretrained directory), or of a list of them
+    (then a list of dicts); inference latency too when latency_batches > 0 (interleaved across models)."""
     from mlkd_fast.train_utils import check_classifier, resolve_device
 
+    single = not isinstance(models, (list, tuple))
+    models = [models] if single else list(models)
     spec = get_task(task) if task is not None else None
-    if isinstance(model, str):
-        from transformers import AutoConfig
-
-        from mlkd_fast.finetune import load_for_task
-
-        labels = spec.num_labels if spec else AutoConfig.from_pretrained(model).num_labels
-        model, loaded_tokenizer = load_for_task(model, labels, require_head=True)
-        tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
-    num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
     dev = resolve_device(device)
-    model.to(dev)
-    ds = prepare_dataset(eval_data, name="eval_data", tokenizer=tokenizer, max_seq_length=max_seq_length, num_labels=num_labels)
-    pid = pad_id(model, tokenizer)
-    result = dict(evaluate_model(model, ds, spec, batch_size, dev, pid))
-    result["parameters"] = count_parameters(model)
-    result["parameters_without_embeddings"] = count_parameters(model, exclude_embeddings=True)
+    loaded, sets, pads, results = [], [], [], []
+    for model in models:
+        tok = tokenizer
+        if isinstance(model, str):
+            from transformers import AutoConfig
+
+            from mlkd_fast.finetune import load_for_task
+
+            labels = spec.num_labels if spec else AutoConfig.from_pretrained(model).num_labels
+            model, loaded_tokenizer = load_for_task(model, labels, require_head=True)
+            tok = tok if tok is not None else loaded_tokenizer
+        num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
+        model.to(dev)
+        ds = prepare_dataset(eval_data, name="eval_data", tokenizer=tok, max_seq_length=max_seq_length, num_labels=num_labels)
+        pid = pad_id(model, tok)
+        result = dict(evaluate_model(model, ds, spec, batch_size, dev, pid))
+        result["parameters"] = count_parameters(model)
+        result["parameters_without_embeddings"] = count_parameters(model, exclude_embeddings=True)
+        loaded.append(model), sets.append(ds), pads.append(pid), results.append(result)
     if latency_batches > 0:
-        result.update(measure_latency(model, ds, batch_size, dev, pid, num_batches=latency_batches))
-    return result
+        for result, lat in zip(results, measure_latency(loaded, sets, batch_size, dev, pads, num_batches=latency_batches)):
+            result.update(lat)
+    return results[0] if single else results
 
 
 __all__ = ["predict", "evaluate_model", "evaluate", "count_parameters", "measure_latency", "pad_id"]

@@ -126,3 +126,14 @@ def test_malformed_data_file_and_existing_output(setup, capsys):
     assert main(["finetune", "--config", str(bad_cfg), "--data-dir", glue, "--output-dir", str(tmp / "o2")]) == 2
     assert "unknown FinetuneConfig field(s) ['epocs']" in capsys.readouterr().err
 
+
+
+def test_evaluate_api_single_model_and_list():
+    from mlkd_fast import evaluate
+    from tiny_bert import tokenized_dataset
+
+    a, b = tiny_bert(layers=2), tiny_bert(layers=1, seed=1)
+    one = evaluate(a, tokenized_dataset(16), task="mrpc", batch_size=4, latency_batches=1)  # 2 warm-up batches, 1 timed
+    assert set(one) >= {"f1", "accuracy", "parameters", "latency_ms_per_batch"} and one["latency_batches"] == 1
+    both = evaluate([a, b], tokenized_dataset(16), task="mrpc", batch_size=4, latency_batches=1)
+    assert [r["f1"] for r in both][0] == one["f1"] and both[1]["parameters"] < both[0]["parameters"]

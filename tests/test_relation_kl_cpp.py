@@ -207,6 +207,27 @@ def test_deterministic_with_two_threads():
         assert all(torch.equal(x, y) for x, y in zip(runs[0], r))
 
 
+def test_deterministic_with_two_threads_few_sequences():
+    """B * splits < 2 * threads: the threads share each sequence's tile pairs
+    (per-thread row states / gradient buffers merged in thread order)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for B, L, splits, mask in ((1, 300, 1, None), (3, 200, 1, ragged(3, 200))):
+            t = features(B, L, 384, splits, torch.float32)
+            s = features(B, L, 384, splits, torch.float32).requires_grad_()
+            runs = []
+            for _ in range(10):
+                s.grad = None
+                loss = mf.relation_kl(t, s, splits, mask, backend="cpp")
+                loss.backward()
+                runs.append((loss.detach().clone(), s.grad.clone()))
+            for r in runs[1:]:
+                assert all(torch.equal(x, y) for x, y in zip(runs[0], r))
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_baseline_isa_matches_avx2():
     """Both compiled instruction-set paths agree (the baseline one runs on CPUs without AVX2)."""
     C = backends.cpp_module()
