@@ -145,3 +145,18 @@ __all__ = [
     "save_model_atomic",
     "prepare_output_dir",
 ]
+
+
+def open_run(output_dir: str, run_settings: Dict[str, Any], *, resume: bool, overwrite: bool, kind: str) -> Optional[Dict[str, Any]]:
+    """Prepare output_dir for a `kind` run and record its settings.
+
+    Returns the saved state when resuming (after checking it was made with the
+    same settings), else None. Refuses to overwrite without overwrite=True.
+    """
+    from mlkd_fast.train_utils import save_json
+
+    saved = prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, kind=kind)
+    if saved is not None:
+        check_same_config(saved["config"], run_settings, state_path(output_dir))
+    save_json(os.path.join(output_dir, f"{kind}_config.json"), run_settings)
+    return saved

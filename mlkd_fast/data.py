@@ -299,6 +299,16 @@ def prepare_dataset(ds, *, name: str, tokenizer, max_seq_length: int, num_labels
     return ds.with_format(None)
 
 
+def prepare_splits(train_data, eval_data, cfg, *, tokenizer, num_labels: int):
+    """Tokenised (train, dev) for a run: train subsampled to cfg.max_train_samples; dev None without eval_data."""
+    if hasattr(train_data, "select"):
+        train_data = subset(train_data, cfg.max_train_samples, cfg.seed)
+    common = dict(tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, num_labels=num_labels)
+    train = prepare_dataset(train_data, name="train_data", **common)
+    dev = None if eval_data is None else prepare_dataset(eval_data, name="eval_data", **common)
+    return train, dev
+
+
 def subset(ds, n: Optional[int], seed: int):
     """A seeded random subset of n rows (all rows when n is None or >= len)."""
     if n is None or n >= len(ds):

@@ -23,7 +23,7 @@ import torch.nn as nn
 from mlkd_fast import backends, checkpoint
 from mlkd_fast.capture import capture_features, encoder_layers
 from mlkd_fast.config import DistillConfig, config_to_dict
-from mlkd_fast.data import Collator, batches, epoch_order, get_task, num_batches, prepare_dataset, subset
+from mlkd_fast.data import Collator, batches, epoch_order, get_task, num_batches, prepare_splits
 from mlkd_fast.evaluate import evaluate_model, pad_id
 from mlkd_fast.layer_map import resolve_layer_map
 from mlkd_fast.losses import DistillProjections, LossContext, stage_loss, stage_weights
@@ -115,19 +115,10 @@ def distill(
         raise ValueError(f"every stage in {stages} has 0 epochs: nothing to train")
     device = resolve_device(cfg.device)
     backend = backends.resolve(backend, device)
-    train = prepare_dataset(
-        subset(train_data, cfg.max_train_samples, cfg.seed) if hasattr(train_data, "select") else train_data,
-        name="train_data", tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, num_labels=num_labels,
-    )
-    dev = None
-    if eval_data is not None:
-        dev = prepare_dataset(eval_data, name="eval_data", tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, num_labels=num_labels)
+    train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
     run_settings = dict(config_to_dict(cfg), stages=list(stages), layer_map=list(layer_map), backend=backend,
                         train_rows=len(train), task=spec.name if spec else None)
-    saved = checkpoint.prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, kind="distill")
-    if saved is not None:
-        checkpoint.check_same_config(saved["config"], run_settings, checkpoint.state_path(output_dir))
-    save_json(os.path.join(output_dir, "distill_config.json"), run_settings)
+    saved = checkpoint.open_run(output_dir, run_settings, resume=resume, overwrite=overwrite, kind="distill")
 
     # ---- models, projections, data order
     checkpoint.seed_everything(cfg.seed)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mlkd_fast import checkpoint
 from mlkd_fast.config import FinetuneConfig, config_to_dict
-from mlkd_fast.data import Collator, batches, epoch_order, get_task, num_batches, prepare_dataset, subset
+from mlkd_fast.data import Collator, batches, epoch_order, get_task, num_batches, prepare_splits
 from mlkd_fast.evaluate import evaluate_model, pad_id
 from mlkd_fast.metrics import main_metric
 from mlkd_fast.train_utils import (
@@ -96,16 +96,9 @@ def finetune(
     num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
     regression = num_labels == 1
     device = resolve_device(cfg.device)
-    train = prepare_dataset(subset(train_data, cfg.max_train_samples, cfg.seed) if hasattr(train_data, "select") else train_data,
-                            name="train_data", tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, num_labels=num_labels)
-    dev = None
-    if eval_data is not None:
-        dev = prepare_dataset(eval_data, name="eval_data", tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, num_labels=num_labels)
+    train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
     run_settings = dict(config_to_dict(cfg), train_rows=len(train), task=spec.name if spec else None)
-    saved = checkpoint.prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, kind="finetune")
-    if saved is not None:
-        checkpoint.check_same_config(saved["config"], run_settings, checkpoint.state_path(output_dir))
-    save_json(os.path.join(output_dir, "finetune_config.json"), run_settings)
+    saved = checkpoint.open_run(output_dir, run_settings, resume=resume, overwrite=overwrite, kind="finetune")
 
     checkpoint.seed_everything(cfg.seed)
     model.to(device).train()
