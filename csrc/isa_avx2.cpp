@@ -1,6 +1,7 @@
 // The kernels compiled for AVX2 + FMA (selected at run time when the CPU has
 // both; see bindings.cpp). System headers first: the target pragma must only
 // cover our own code (see simd.h).
+#include <omp.h>
 #include <stdlib.h>
 
 #include "kernels_api.h"

@@ -1,5 +1,6 @@
 // The kernels compiled for the baseline x86-64 / any target (SSE2 on x86-64),
 // used when the CPU lacks AVX2 or FMA.
+#include <omp.h>
 #include <stdlib.h>
 
 #include "kernels_api.h"

@@ -162,6 +162,51 @@ static inline void micro_4x2(int K, const T* A, long ars, long aks, const T* B, 
   vstore(C + 3 * ldc + W, c31);
 }
 
+// The same for 6 rows: 12 accumulator chains hide the FMA latency (4 rows,
+// 8 chains, cannot keep two FMA pipes of latency 4-5 busy) and each loaded B
+// vector feeds 6 FMAs. Per element the summation order is that of micro_4x2.
+template <typename T>
+static inline void micro_6x2(int K, const T* A, long ars, long aks, const T* B, long ldb, T* C, long ldc,
+                             bool accumulate) {
+  typedef typename Vec<T>::v V;
+  constexpr int W = Vec<T>::W;
+  V c00 = vset<T>(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  V c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int k = 0; k < K; ++k) {
+    const V b0 = vload(B + k * ldb), b1 = vload(B + k * ldb + W);
+    const T* a = A + k * aks;
+    V a0 = vset<T>(a[0]), a1 = vset<T>(a[ars]);
+    c00 += a0 * b0;
+    c01 += a0 * b1;
+    c10 += a1 * b0;
+    c11 += a1 * b1;
+    a0 = vset<T>(a[2 * ars]), a1 = vset<T>(a[3 * ars]);
+    c20 += a0 * b0;
+    c21 += a0 * b1;
+    c30 += a1 * b0;
+    c31 += a1 * b1;
+    a0 = vset<T>(a[4 * ars]), a1 = vset<T>(a[5 * ars]);
+    c40 += a0 * b0;
+    c41 += a0 * b1;
+    c50 += a1 * b0;
+    c51 += a1 * b1;
+  }
+  V* acc[12] = {&c00, &c01, &c10, &c11, &c20, &c21, &c30, &c31, &c40, &c41, &c50, &c51};
+  for (int r = 0; r < 6; ++r)
+    for (int h = 0; h < 2; ++h) {
+      T* p = C + r * ldc + h * W;
+      vstore(p, accumulate ? *acc[2 * r + h] + vload(p) : *acc[2 * r + h]);
+    }
+}
+
+// Rows covered by 6-row micro-kernels in an M-row block (M % 4 == 0): the
+// rest, a multiple of 4, goes to micro_4x2.
+static inline int rows6(int M) {
+  int n6 = M / 6;
+  while ((M - 6 * n6) % 4 != 0) --n6;
+  return 6 * n6;
+}
+
 // Number of columns one micro-kernel call covers (16 floats, 8 doubles).
 template <typename T>
 constexpr int NR() {
@@ -177,14 +222,51 @@ constexpr int KC = 64;
 template <typename T>
 static void gemm(int M, int N, int K, const T* A, long ars, long aks, const T* B, long ldb, T* C, long ldc,
                  bool accumulate) {
-  for (int j = 0; j < N; j += NR<T>())
-    for (int i = 0; i < M; i += 4)
+  const int M6 = rows6(M);
+  for (int j = 0; j < N; j += NR<T>()) {
+    for (int i = 0; i < M6; i += 6)
+      for (int k = 0; k < K || k == 0; k += KC)
+        micro_6x2<T>(K - k < KC ? K - k : KC, A + i * ars + k * aks, ars, aks, B + k * ldb + j, ldb,
+                     C + i * ldc + j, ldc, accumulate || k > 0);
+    for (int i = M6; i < M; i += 4)
       for (int k = 0; k < K || k == 0; k += KC)
         micro_4x2<T>(K - k < KC ? K - k : KC, A + i * ars + k * aks, ars, aks, B + k * ldb + j, ldb,
                      C + i * ldc + j, ldc, accumulate || k > 0);
+  }
+}
+
+// C[M x N] (=|+=) A[M x K] * B[K x N] with B in panels (see pack_panels):
+// column j, row k at Bp[(j / NR) * K * NR + k * NR + j % NR]. Same summation
+// order per element as gemm() (chunks of KC), so results are bitwise equal;
+// but the loops run chunk-outer so a KC x N slice of B (contiguous per panel)
+// stays in L1 across the row groups, and B never has a large stride (a key
+// stride of Lp floats = 8 KiB at Lp = 2048 maps every row to one cache set).
+template <typename T>
+static void gemm_pb(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc, bool accumulate) {
+  for (int k = 0; k < K || k == 0; k += KC) {
+    const int kc = K - k < KC ? K - k : KC, M6 = rows6(M);
+    for (int i = 0; i < M6; i += 6)
+      for (int j = 0; j < N; j += NR<T>())
+        micro_6x2<T>(kc, A + i * lda + k, lda, 1, Bp + (long)(j / NR<T>()) * K * NR<T>() + (long)k * NR<T>(),
+                     NR<T>(), C + i * ldc + j, ldc, accumulate || k > 0);
+    for (int i = M6; i < M; i += 4)
+      for (int j = 0; j < N; j += NR<T>())
+        micro_4x2<T>(kc, A + i * lda + k, lda, 1, Bp + (long)(j / NR<T>()) * K * NR<T>() + (long)k * NR<T>(),
+                     NR<T>(), C + i * ldc + j, ldc, accumulate || k > 0);
+  }
 }
 
 static inline long round_up(long x, long m) { return (x + m - 1) / m * m; }
+
+// Leading dimension of a packed row-major (rows x d) tile: a multiple of NR
+// (one 64-byte line) and an odd number of lines. A stride of an even number
+// of lines (d = 768: 48 lines) maps the rows of a K x NR slice into few L1
+// sets (768: 4 of 64) and the slice thrashes; an odd stride uses them all.
+template <typename T>
+static inline long ld_rows(long d) {
+  const long dp = round_up(d, NR<T>());
+  return (dp / NR<T>()) % 2 ? dp : dp + NR<T>();
+}
 
 // 64-byte aligned scratch, zero-filled, released with free(). Plain C
 // allocation: no std:: templates here.
