@@ -18,13 +18,7 @@ from mlkd_fast.ops import reference
 
 pytest.importorskip("triton")
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETER, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]),
-]
-gpu_only = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+from triton_devices import DEVICES, gpu_only  # noqa: E402
 
 FP32, FP16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # (loss rel tol, loss abs tol, grad tol as a fraction of the largest reference grad entry)

@@ -5,8 +5,6 @@ conftest.py without a GPU), CUDA tensors when a GPU is present; each case
 skips visibly where its device is missing. N = 2B = 80 anchors cross the
 64-row and 64-column tiles; D = 312 and 768 cross the 64-wide head chunks.
 """
-import os
-
 import pytest
 import torch
 
@@ -15,12 +13,7 @@ from mlkd_fast.ops import reference
 
 pytest.importorskip("triton")
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETER, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]),
-]
+from triton_devices import DEVICES  # noqa: E402
 
 FP32, FP16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # (loss rel tol, grad tol as a fraction of the largest reference grad entry); the anchors are fp32
