@@ -17,22 +17,22 @@ BACKENDS = ("torch", "cpp", "triton")
 
 
 @functools.lru_cache(maxsize=None)
+def _load_cpp():
+    """(the compiled extension or None, why it did not import)."""
+    try:
+        from mlkd_fast import _C
+    except ImportError as e:
+        return None, str(e)
+    return _C, ""
+
+
 def cpp_module():
     """The compiled extension, or None when it was not built."""
-    try:
-        from mlkd_fast import _C  # noqa: F401
-    except ImportError:
-        return None
-    return _C
+    return _load_cpp()[0]
 
 
-@functools.lru_cache(maxsize=None)
 def cpp_import_error() -> str:
-    try:
-        from mlkd_fast import _C  # noqa: F401
-    except ImportError as e:
-        return str(e)
-    return ""
+    return _load_cpp()[1]
 
 
 @functools.lru_cache(maxsize=None)
