@@ -1,9 +1,10 @@
-"""Build script for the compiled parts of mlkd_fast.
+"""Build script for the compiled part of mlkd_fast.
 
-`mlkd_fast._C` (CPU relation kernels, csrc/*.cpp) is always built with
-torch's C++ extension machinery (pybind11 + ninja). A CUDA extension
-(`mlkd_fast._C_cuda`, csrc/cuda/*.cu) is built only when the installed torch is
-a CUDA build *and* a CUDA toolkit is found; it is imported optionally.
+`mlkd_fast._C`, the fused CPU relation kernels (csrc/*.cpp), is built with
+torch's C++ extension machinery (pybind11 + ninja, build-time only).
+Build flags: -O3 -fopenmp -std=c++17 -g0, and no -march: the AVX2+FMA kernels
+are compiled in their own translation unit under `#pragma GCC target` and
+chosen at run time, so a wheel built on an AVX2 machine runs on one without.
 The Triton kernels live in the top-level `kernels/` folder and are installed
 as the subpackage `mlkd_fast.kernels`.
 """
@@ -35,22 +36,11 @@ def extensions():
                 extra_link_args=["-fopenmp"],
             )
         )
-    cuda_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
-    import torch
-
-    if cuda_sources and torch.version.cuda and cpp_extension.CUDA_HOME:
-        exts.append(
-            cpp_extension.CUDAExtension(
-                "mlkd_fast._C_cuda",
-                cuda_sources,
-                extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3"]},
-            )
-        )
     return exts
 
 
 setup(
-    packages=["mlkd_fast", "mlkd_fast.ops", "mlkd_fast.kernels"],
+    packages=["mlkd_fast", "mlkd_fast.ops", "mlkd_fast.data", "mlkd_fast.train", "mlkd_fast.kernels"],
     package_dir={"mlkd_fast.kernels": "kernels"},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -1,27 +1,23 @@
 """mlkd_fast: MLKD-BERT multi-level knowledge distillation with fused relation kernels.
 
-Ops (see shared KERNELS.md for the contract):
-    relation_kl, sample_relation_kl, sample_contrastive, soft_cross_entropy, available_backends
-Trainer (`import mlkd_fast` does not load transformers/datasets; they load on first use):
-    build_student, distill, DistillConfig, DistillResult, finetune, FinetuneConfig,
-    FinetuneResult, evaluate, capture_features, load_split
+Floors, each importing only the ones below it (tests/test_architecture.py checks):
+    ops/    the public fused ops, their validation, backends and eager reference
+    data/   task specs, readers, tokenisation, batching, metrics
+    train/  objectives (loss registry), feature capture, students, the training loop,
+            checkpoints, configs, finetune / distill / evaluate
+    cli.py  the `mlkd-fast` command (also `python -m mlkd_fast`)
+`import mlkd_fast` does not load transformers or datasets; they load on first use.
 """
-from mlkd_fast.backends import available_backends
-from mlkd_fast.ops import relation_kl, sample_contrastive, sample_relation_kl, soft_cross_entropy
+from mlkd_fast.data.glue import load_split
+from mlkd_fast.ops import available_backends, relation_kl, sample_contrastive, sample_relation_kl, soft_cross_entropy
+from mlkd_fast.train.capture import capture_features
+from mlkd_fast.train.config import DistillConfig, FinetuneConfig
+from mlkd_fast.train.distill import DistillResult, distill
+from mlkd_fast.train.evaluate import evaluate
+from mlkd_fast.train.finetune import FinetuneResult, finetune
+from mlkd_fast.train.student import build_student
 
 __version__ = "0.1.0"
-
-# The trainer modules import transformers/datasets only inside functions, so these
-# imports stay cheap. They are eager on purpose: the functions `distill`, `finetune`
-# and `evaluate` share their names with their modules, and binding them here, after
-# the submodules are loaded, keeps `mlkd_fast.distill` the function in every import order.
-from mlkd_fast.capture import capture_features
-from mlkd_fast.config import DistillConfig, FinetuneConfig
-from mlkd_fast.data import load_split
-from mlkd_fast.distill import DistillResult, distill
-from mlkd_fast.evaluate import evaluate
-from mlkd_fast.finetune import FinetuneResult, finetune
-from mlkd_fast.student import build_student
 
 __all__ = [
     "build_student",

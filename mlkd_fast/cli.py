@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from mlkd_fast.config import DistillConfig, FinetuneConfig, config_from_dict, load_config_file
+from mlkd_fast.train.config import DistillConfig, FinetuneConfig, config_from_dict, load_config_file
 
 STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init")
 EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
@@ -167,7 +167,8 @@ def _require_task(args, file) -> str:
 
 def cmd_finetune(args) -> int:
     from mlkd_fast.data import get_task
-    from mlkd_fast.finetune import finetune, load_for_task, pretrained_teacher_dir
+    from mlkd_fast.train.finetune import finetune
+    from mlkd_fast.train.models import load_for_task, pretrained_teacher_dir
 
     file = _file_settings(args)
     task = _require_task(args, file)
@@ -190,9 +191,9 @@ def cmd_distill(args) -> int:
     import torch
 
     from mlkd_fast.data import get_task
-    from mlkd_fast.distill import distill
-    from mlkd_fast.finetune import load_for_task
-    from mlkd_fast.student import build_student
+    from mlkd_fast.train.distill import distill
+    from mlkd_fast.train.models import load_for_task
+    from mlkd_fast.train.student import build_student
 
     file = _file_settings(args)
     task = _require_task(args, file)
@@ -237,7 +238,7 @@ def cmd_distill(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from mlkd_fast.evaluate import evaluate
+    from mlkd_fast.train.evaluate import evaluate
 
     file = _file_settings(args)
     task = _require_task(args, file)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from mlkd_fast import _validate, backends
+from mlkd_fast.ops import _validate, backends
 from mlkd_fast.ops import reference
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from mlkd_fast import _validate, backends
+from mlkd_fast.ops import _validate, backends
 from mlkd_fast.ops import reference
 
 

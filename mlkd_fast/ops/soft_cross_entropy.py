@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mlkd_fast import _validate
+from mlkd_fast.ops import _validate
 from mlkd_fast.ops import reference
 
 REDUCTIONS = ("batchmean", "mean", "none")

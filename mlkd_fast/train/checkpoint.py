@@ -8,6 +8,7 @@ renamed over the old one, so a crash never leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -18,7 +19,7 @@ import torch
 
 STATE_DIR = "checkpoint"
 STATE_FILE = "state.pt"
-REQUIRED_KEYS = ("kind", "config", "position", "model", "optimizer", "scheduler", "rng", "history")
+REQUIRED_KEYS = ("kind", "config", "state", "modules", "optimizer", "scheduler", "rng")
 
 
 def state_path(output_dir: str) -> str:
@@ -32,6 +33,14 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_json(path: str, obj) -> None:
+    """Write JSON to a temporary file, then rename it over `path` (never half-written)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
     os.replace(tmp, path)
 
 
@@ -131,6 +140,19 @@ def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool, kind: 
     return None
 
 
+def open_run(output_dir: str, run_settings: Dict[str, Any], *, resume: bool, overwrite: bool, kind: str) -> Optional[Dict[str, Any]]:
+    """Prepare output_dir for a `kind` run and record its settings.
+
+    Returns the saved state when resuming (after checking it was made with the
+    same settings), else None. Refuses to overwrite without overwrite=True.
+    """
+    saved = prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, kind=kind)
+    if saved is not None:
+        check_same_config(saved["config"], run_settings, state_path(output_dir))
+    save_json(os.path.join(output_dir, f"{kind}_config.json"), run_settings)
+    return saved
+
+
 __all__ = [
     "STATE_DIR",
     "STATE_FILE",
@@ -144,19 +166,6 @@ __all__ = [
     "seed_everything",
     "save_model_atomic",
     "prepare_output_dir",
+    "open_run",
+    "save_json",
 ]
-
-
-def open_run(output_dir: str, run_settings: Dict[str, Any], *, resume: bool, overwrite: bool, kind: str) -> Optional[Dict[str, Any]]:
-    """Prepare output_dir for a `kind` run and record its settings.
-
-    Returns the saved state when resuming (after checking it was made with the
-    same settings), else None. Refuses to overwrite without overwrite=True.
-    """
-    from mlkd_fast.train_utils import save_json
-
-    saved = prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, kind=kind)
-    if saved is not None:
-        check_same_config(saved["config"], run_settings, state_path(output_dir))
-    save_json(os.path.join(output_dir, f"{kind}_config.json"), run_settings)
-    return saved

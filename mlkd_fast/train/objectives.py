@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mlkd_fast.features import Features
 from mlkd_fast.ops import relation_kl, sample_contrastive, sample_relation_kl, soft_cross_entropy
+from mlkd_fast.train.config import STAGE_TERMS
+from mlkd_fast.train.features import Features
 
 LossFn = Callable[[Features, Features, "LossContext"], torch.Tensor]
 LOSSES: Dict[str, LossFn] = {}
-STAGE_TERMS = {1: ("emb", "mha", "ffn"), 2: ("ss", "sc", "kd")}
 
 
 def register_loss(name: str):

@@ -9,15 +9,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mlkd_fast.data import Collator, batches, get_task, prepare_dataset
-from mlkd_fast.metrics import compute_metrics
-
-
-def pad_id(model: nn.Module, tokenizer=None) -> int:
-    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
-        return int(tokenizer.pad_token_id)
-    value = getattr(model.config, "pad_token_id", None)
-    return 0 if value is None else int(value)
+from mlkd_fast.data.batching import Collator, batches
+from mlkd_fast.data.metrics import compute_metrics
+from mlkd_fast.data.prepare import prepare_dataset
+from mlkd_fast.data.tasks import get_task
+from mlkd_fast.train.models import check_classifier, count_parameters, load_for_task, pad_id, resolve_device
 
 
 @torch.no_grad()
@@ -39,11 +35,6 @@ def predict(model: nn.Module, ds, batch_size: int, device: torch.device, pad_tok
 def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.device, pad_token_id: int = 0) -> Dict[str, float]:
     logits, labels = predict(model, ds, batch_size, device, pad_token_id)
     return compute_metrics(task, logits, labels)
-
-
-def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
-    """All parameters, or those outside the embedding layer (the part that layer/head cuts shrink)."""
-    return sum(p.numel() for n, p in model.named_parameters() if not (exclude_embeddings and ".embeddings." in f".{n}"))
 
 
 def _timing_batches(model, ds, batch_size: int, device: torch.device, pad_token_id: int, count: int):
@@ -103,8 +94,6 @@ def evaluate(
 ):
     """Dev metrics and sizes of a model (or a from_pretrained directory), or of a list of them
     (then a list of dicts); inference latency too when latency_batches > 0 (interleaved across models)."""
-    from mlkd_fast.train_utils import check_classifier, resolve_device
-
     single = not isinstance(models, (list, tuple))
     models = [models] if single else list(models)
     spec = get_task(task) if task is not None else None
@@ -113,12 +102,7 @@ def evaluate(
     for model in models:
         tok = tokenizer
         if isinstance(model, str):
-            from transformers import AutoConfig
-
-            from mlkd_fast.finetune import load_for_task
-
-            labels = spec.num_labels if spec else AutoConfig.from_pretrained(model).num_labels
-            model, loaded_tokenizer = load_for_task(model, labels, require_head=True)
+            model, loaded_tokenizer = load_for_task(model, spec.num_labels if spec else None, require_head=True)
             tok = tok if tok is not None else loaded_tokenizer
         num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
         model.to(dev)
@@ -134,4 +118,4 @@ def evaluate(
     return results[0] if single else results
 
 
-__all__ = ["predict", "evaluate_model", "evaluate", "count_parameters", "measure_latency", "pad_id"]
+__all__ = ["predict", "evaluate_model", "evaluate", "measure_latency"]

@@ -1,6 +1,6 @@
 """Training configurations (dataclasses) and loading them from YAML/JSON files.
 
-Defaults follow the authors' recipe (METHOD.md, "Recipe"): AdamW lr 5e-5,
+Defaults follow the authors' recipe (docs/method.md, "Recipe"): AdamW lr 5e-5,
 weight decay 0.01, batch 32, seed 42, stage 1 at a constant lr, stage 2 with
 linear decay after 10 % warm-up, max length 128, A = 12 MHA-splits.
 Every field is checked in `validate()`, so a bad value fails before training.
@@ -13,7 +13,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from mlkd_fast.losses import STAGE_TERMS
+
+
+# The loss terms of each MLKD stage, by their registry names (train/objectives.py).
+# Kept here, not beside the losses, so that reading a config never loads the ops.
+STAGE_TERMS = {1: ("emb", "mha", "ffn"), 2: ("ss", "sc", "kd")}
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -78,7 +82,7 @@ class FinetuneConfig(_Common):
 
 @dataclass
 class DistillConfig(_Common):
-    """Two-stage MLKD distillation (METHOD.md)."""
+    """Two-stage MLKD distillation (docs/method.md)."""
 
     stage1_epochs: int = 20
     stage2_epochs: int = 15
@@ -164,4 +168,4 @@ def config_to_dict(cfg) -> Dict[str, Any]:
     return d
 
 
-__all__ = ["FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]
+__all__ = ["STAGE_TERMS", "FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch.nn as nn
 
-from mlkd_fast.layer_map import resolve_layer_map
+from mlkd_fast.train.layer_map import resolve_layer_map
 
 
 def _check_positive(name: str, value) -> int:

@@ -10,6 +10,8 @@ from typing import Dict
 
 import numpy as np
 
+from mlkd_fast.data.tasks import get_task
+
 
 def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
     return float((preds == labels).mean())
@@ -59,8 +61,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 def compute_metrics(task, logits, labels) -> Dict[str, float]:
     """Metrics of `task` (a TaskSpec, a task name, or None = accuracy / correlations by logits width)."""
-    from mlkd_fast.data import get_task
-
     logits = np.asarray(logits)
     labels = np.asarray(labels)
     spec = get_task(task) if isinstance(task, str) else task
@@ -78,9 +78,7 @@ def compute_metrics(task, logits, labels) -> Dict[str, float]:
 
 
 def main_metric(task, regression: bool = False) -> str:
-    """The metric used to pick the best checkpoint (the task's column in METHOD.md's table)."""
-    from mlkd_fast.data import get_task
-
+    """The metric used to pick the best checkpoint (the task's main metric)."""
     if task is None:
         return "spearman" if regression else "accuracy"
     spec = get_task(task) if isinstance(task, str) else task

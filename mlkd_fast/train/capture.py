@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from mlkd_fast.features import Features
+from mlkd_fast.train.features import Features
 
 
 def encoder_layers(model: nn.Module):

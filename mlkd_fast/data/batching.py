@@ -1,0 +1,53 @@
+"""Seeded batch order and dynamic-padding collation: a pure function of (seed, epoch), so resume replays it."""
+from __future__ import annotations
+
+from typing import Dict, Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+def epoch_order(n: int, seed: int, epoch_key: int) -> np.ndarray:
+    """The shuffled row order of one epoch: a pure function of (seed, epoch_key), so resume replays it."""
+    return np.random.default_rng([seed, epoch_key]).permutation(n)
+
+
+class Collator:
+    """Dynamic padding: pad each batch to its longest sequence."""
+
+    def __init__(self, pad_token_id: int = 0, regression: bool = False):
+        self.pad_token_id = int(pad_token_id)
+        self.regression = regression
+
+    def __call__(self, rows: Sequence[dict]) -> Dict[str, torch.Tensor]:
+        length = max(len(r["input_ids"]) for r in rows)
+        batch = {}
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+        for key, pad in pads.items():
+            if key not in rows[0]:
+                continue
+            out = torch.full((len(rows), length), pad, dtype=torch.long)
+            for i, r in enumerate(rows):
+                seq = r[key]
+                out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            batch[key] = out
+        dtype = torch.float32 if self.regression else torch.long
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)
+        return batch
+
+
+def batches(ds, order: Sequence[int], batch_size: int, collate: Collator, start: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
+    """Yield collated batches of `ds` in `order`, skipping the first `start` batches (resume)."""
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds.column_names]
+    for b in range(start, (len(order) + batch_size - 1) // batch_size):
+        idx = [int(i) for i in order[b * batch_size : (b + 1) * batch_size]]
+        chunk = ds[idx]
+        rows = [{c: chunk[c][i] for c in cols} for i in range(len(idx))]
+        yield collate(rows)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+__all__ = ["epoch_order", "Collator", "batches", "num_batches"]

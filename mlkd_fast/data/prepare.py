@@ -1,0 +1,77 @@
+"""Tokenisation and checks that turn a raw or tokenised Dataset into the training/eval input of a run."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+TOKENIZED = ("input_ids", "attention_mask")
+
+
+def is_tokenized(ds) -> bool:
+    return set(TOKENIZED) <= set(ds.column_names)
+
+
+def tokenize_dataset(ds, tokenizer, max_seq_length: int, name: str = "dataset"):
+    """Raw sentence1[, sentence2], labels -> input_ids, attention_mask, token_type_ids, labels (unpadded)."""
+    cols = set(ds.column_names)
+    if "sentence1" not in cols:
+        raise ValueError(f"{name} has neither tokenised columns {list(TOKENIZED)} nor raw text column 'sentence1' (columns: {sorted(cols)})")
+    if tokenizer is None:
+        raise ValueError(f"{name} holds raw text: pass tokenizer= to tokenise it (or give tokenised input_ids/attention_mask)")
+    pair = "sentence2" in cols
+
+    def enc(batch):
+        args = (batch["sentence1"], batch["sentence2"]) if pair else (batch["sentence1"],)
+        out = tokenizer(*args, truncation=True, max_length=max_seq_length)
+        return {k: out[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in out}
+
+    drop = [c for c in ds.column_names if c != "labels"]
+    return ds.map(enc, batched=True, remove_columns=drop)
+
+
+def prepare_dataset(ds, *, name: str, tokenizer, max_seq_length: int, num_labels: int):
+    """Check a Dataset (raw or tokenised), tokenise raw text, and validate the labels against the model."""
+    import datasets
+
+    if not isinstance(ds, datasets.Dataset):
+        raise TypeError(f"{name} must be a datasets.Dataset, got {type(ds).__name__}")
+    if len(ds) == 0:
+        raise ValueError(f"{name} is empty")
+    if "labels" not in ds.column_names:
+        raise ValueError(f"{name} has no 'labels' column (columns: {ds.column_names})")
+    if not is_tokenized(ds):
+        ds = tokenize_dataset(ds, tokenizer, max_seq_length, name)
+    labels = np.asarray(ds["labels"])
+    if num_labels == 1:
+        if not np.issubdtype(labels.dtype, np.number):
+            raise ValueError(f"{name}: regression labels must be numbers, got dtype {labels.dtype}")
+    else:
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{name}: classification labels must be integer class ids, got dtype {labels.dtype}")
+        bad = labels[(labels < 0) | (labels >= num_labels)]
+        if bad.size:
+            raise ValueError(f"{name}: label {int(bad[0])} is outside 0..{num_labels - 1} (the model has {num_labels} labels)")
+    return ds.with_format(None)
+
+
+def prepare_splits(train_data, eval_data, cfg, *, tokenizer, num_labels: int):
+    """Tokenised (train, dev) for a run: train subsampled to cfg.max_train_samples; dev None without eval_data."""
+    if hasattr(train_data, "select"):
+        train_data = subset(train_data, cfg.max_train_samples, cfg.seed)
+    common = dict(tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, num_labels=num_labels)
+    train = prepare_dataset(train_data, name="train_data", **common)
+    dev = None if eval_data is None else prepare_dataset(eval_data, name="eval_data", **common)
+    return train, dev
+
+
+def subset(ds, n: Optional[int], seed: int):
+    """A seeded random subset of n rows (all rows when n is None or >= len)."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = np.random.default_rng(seed).permutation(len(ds))[:n]
+    return ds.select(sorted(idx.tolist()))
+
+
+__all__ = ["TOKENIZED", "is_tokenized", "tokenize_dataset", "prepare_dataset", "prepare_splits", "subset"]

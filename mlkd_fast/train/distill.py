@@ -1,0 +1,161 @@
+"""Two-stage MLKD distillation (docs/method.md), as two phases of the shared loop (train/loop.py).
+
+    batch -> teacher features (frozen, no_grad) and student features (hooks, capture.py)
+          -> loss terms (objectives.py: the relation terms run on the fused ops)
+          -> AdamW step -> lr schedule -> log / checkpoint
+Stage 1 trains student + the L_FFN projections on L_EMB + L_MHA + L_FFN at a
+constant lr; stage 2 starts from the stage-1 student and trains student + the
+L_SC projection on L_SS + L_SC + L_KD with linear decay after 10 % warm-up.
+After every epoch the student is evaluated on the dev set; the best dev
+checkpoint of the last stage is kept (save_pretrained + tokenizer).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from mlkd_fast.data.batching import Collator, num_batches
+from mlkd_fast.data.metrics import main_metric
+from mlkd_fast.data.prepare import prepare_splits
+from mlkd_fast.data.tasks import get_task
+from mlkd_fast.ops import backends
+from mlkd_fast.train import checkpoint
+from mlkd_fast.train.capture import capture_features, encoder_layers
+from mlkd_fast.train.config import DistillConfig, config_to_dict
+from mlkd_fast.train.layer_map import resolve_layer_map
+from mlkd_fast.train.loop import Phase, Run, run_phases
+from mlkd_fast.train.models import as_model, check_classifier, pad_id, resolve_device
+from mlkd_fast.train.objectives import DistillProjections, LossContext, stage_loss, stage_weights
+from mlkd_fast.train.optim import constant_schedule, linear_schedule, make_optimizer, optimized_params
+
+
+@dataclass
+class DistillResult:
+    student_dir: str  # the kept student: AutoModelForSequenceClassification.from_pretrained(student_dir)
+    history: List[Dict] = field(default_factory=list)  # one dict per epoch: stage, epoch, mean loss terms, dev metrics
+    best_metric: Optional[float] = None  # dev value of `metric` for the kept student (None without eval data)
+    metric: Optional[str] = None
+
+
+def distill(
+    teacher,
+    student,
+    train_data,
+    *,
+    eval_data=None,
+    task: Optional[str] = None,
+    config: Optional[DistillConfig] = None,
+    output_dir: str,
+    stages: Sequence[int] = (1, 2),
+    backend: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    tokenizer=None,
+    progress: bool = True,
+) -> DistillResult:
+    """Distil `teacher` (a task-fine-tuned sequence classifier) into `student` (e.g. from build_student).
+
+    teacher / student: models, or directories holding fine-tuned classifiers.
+    train_data / eval_data: datasets.Dataset, raw text (sentence1[, sentence2], labels; pass tokenizer=)
+    or tokenised (input_ids, attention_mask[, token_type_ids], labels).
+    """
+    cfg = config if config is not None else DistillConfig()
+    if not isinstance(cfg, DistillConfig):
+        raise TypeError(f"config must be a DistillConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    stages = _check_stages(stages, cfg)
+    spec = get_task(task) if task is not None else None
+    teacher, student = as_model(teacher, "teacher"), as_model(student, "student")
+    num_labels = check_classifier(teacher, "teacher", spec.num_labels if spec else None)
+    check_classifier(student, "student", num_labels)
+    layer_map = _check_shapes(teacher, student, cfg, stages)
+    device = resolve_device(cfg.device)
+    backend = backends.resolve(backend, device)
+    train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
+    settings = dict(config_to_dict(cfg), stages=list(stages), layer_map=list(layer_map), backend=backend,
+                    train_rows=len(train), task=spec.name if spec else None)
+    saved = checkpoint.open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind="distill")
+
+    checkpoint.seed_everything(cfg.seed)
+    teacher.to(device).eval()
+    teacher.requires_grad_(False)
+    student.to(device)
+    projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map)).to(device)
+    regression = num_labels == 1
+    run = Run(
+        kind="distill", output_dir=output_dir, settings=settings, model=student,
+        model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
+        metric=main_metric(spec, regression) if dev is not None else None,
+        collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
+        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
+        max_grad_norm=cfg.max_grad_norm, checkpoint_every=cfg.checkpoint_every, tokenizer=tokenizer,
+        progress=progress, extra_modules={"projections": projections},
+    )
+    context = dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
+                   sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
+                   kd_temperature=cfg.kd_temperature, backend=backend)
+    phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
+              for s in stages]
+    state = run_phases(run, phases, saved)
+    best = state.best["value"] if state.best else None
+    return DistillResult(student_dir=run.model_dir, history=state.history, best_metric=best, metric=run.metric)
+
+
+def _stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir) -> Phase:
+    """MLKD stage 1 or 2 as a phase: its objective, what it trains, its optimiser and schedule."""
+    weights = stage_weights(stage, cfg.stage1_weights if stage == 1 else cfg.stage2_weights)
+    token_level = stage == 1  # only stage 1 compares MHA outputs and token embeddings
+
+    def step(batch):
+        with torch.no_grad():
+            t_feat = capture_features(teacher, batch, mha=token_level, token_embeddings=token_level)
+        s_feat = capture_features(student, batch, mha=token_level, token_embeddings=token_level)
+        labels = None if context["is_regression"] else batch["labels"]
+        ctx = LossContext(mask=batch["attention_mask"].bool(), labels=labels, **context)
+        return stage_loss(weights, t_feat, s_feat, ctx)
+
+    # stage 1 learns the hidden-state projections W_n, stage 2 the contrastive one
+    trained = [student, projections.hidden if stage == 1 else projections.contrastive]
+    optimizer = make_optimizer(trained, cfg.learning_rate, cfg.weight_decay)
+    epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
+    if stage == 1:
+        scheduler = constant_schedule(optimizer)
+    else:
+        scheduler = linear_schedule(optimizer, num_batches(train_rows, cfg.batch_size) * epochs, cfg.warmup_proportion)
+    final = stage == stages[-1]
+    return Phase(stage=stage, label=f"stage {stage}", epochs=epochs, step=step, optimizer=optimizer,
+                 scheduler=scheduler, clip_params=optimized_params(optimizer), keep_best=final,
+                 save_at_end=None if final else os.path.join(output_dir, "stage1"))
+
+
+def _check_stages(stages, cfg: DistillConfig) -> tuple:
+    """The stages to run, in order, without those configured to 0 epochs."""
+    try:
+        stages = tuple(int(s) for s in stages)
+    except (TypeError, ValueError):
+        raise TypeError(f"stages must be a sequence of stage numbers like (1, 2), got {stages!r}") from None
+    if not stages or any(s not in (1, 2) for s in stages) or list(stages) != sorted(set(stages)):
+        raise ValueError(f"stages must be (1,), (2,) or (1, 2), got {stages}")
+    epochs = {1: cfg.stage1_epochs, 2: cfg.stage2_epochs}
+    if all(epochs[s] == 0 for s in stages):
+        raise ValueError(f"every stage in {stages} has 0 epochs: nothing to train")
+    return tuple(s for s in stages if epochs[s] > 0)
+
+
+def _check_shapes(teacher, student, cfg: DistillConfig, stages) -> tuple:
+    """The layer map, after checking that the configured terms fit the two models' shapes."""
+    _, t_layers = encoder_layers(teacher)
+    _, s_layers = encoder_layers(student)
+    layer_map = resolve_layer_map(cfg.layer_map, len(t_layers), len(s_layers))
+    if 1 in stages and cfg.stage1_weights.get("mha", 1.0) != 0:
+        for who, model in (("teacher", teacher), ("student", student)):
+            width = model.config.hidden_size
+            if width % cfg.splits != 0:
+                raise ValueError(f"splits={cfg.splits} does not divide the {who}'s hidden size {width} (L_MHA needs equal splits)")
+    return layer_map
+
+
+__all__ = ["distill", "DistillResult"]

@@ -1,0 +1,89 @@
+"""Task fine-tuning of the teacher (MLKD distils a task-fine-tuned teacher).
+
+Plain supervised training: cross-entropy on the labels (MSE for STS-B),
+AdamW with linear decay after warm-up, dev evaluation after every epoch, the
+best dev model kept (save_pretrained + tokenizer). One phase of the shared
+loop (train/loop.py), so checkpoints and resume work as in distillation.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch.nn.functional as F
+
+from mlkd_fast.data.batching import Collator, num_batches
+from mlkd_fast.data.metrics import main_metric
+from mlkd_fast.data.prepare import prepare_splits
+from mlkd_fast.data.tasks import get_task
+from mlkd_fast.train import checkpoint
+from mlkd_fast.train.config import FinetuneConfig, config_to_dict
+from mlkd_fast.train.loop import Phase, Run, run_phases
+from mlkd_fast.train.models import check_classifier, pad_id, resolve_device
+from mlkd_fast.train.optim import linear_schedule, make_optimizer
+
+
+@dataclass
+class FinetuneResult:
+    model_dir: str  # the kept model: AutoModelForSequenceClassification.from_pretrained(model_dir)
+    history: List[Dict] = field(default_factory=list)  # one dict per epoch: mean loss, dev metrics
+    best_metric: Optional[float] = None
+    metric: Optional[str] = None
+
+
+def finetune(
+    model,
+    train_data,
+    *,
+    eval_data=None,
+    task: Optional[str] = None,
+    config: Optional[FinetuneConfig] = None,
+    output_dir: str,
+    tokenizer=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune a sequence classifier (e.g. from load_for_task(pretrained_teacher_dir(), 2)) on a task."""
+    cfg = config if config is not None else FinetuneConfig()
+    if not isinstance(cfg, FinetuneConfig):
+        raise TypeError(f"config must be a FinetuneConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    spec = get_task(task) if task is not None else None
+    num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
+    regression = num_labels == 1
+    device = resolve_device(cfg.device)
+    train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
+    settings = dict(config_to_dict(cfg), train_rows=len(train), task=spec.name if spec else None)
+    saved = checkpoint.open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind="finetune")
+
+    checkpoint.seed_everything(cfg.seed)
+    model.to(device)
+    run = Run(
+        kind="finetune", output_dir=output_dir, settings=settings, model=model,
+        model_dir=os.path.join(output_dir, "model"), train=train, dev=dev, task=spec,
+        metric=main_metric(spec, regression) if dev is not None else None,
+        collate=Collator(pad_id(model, tokenizer), regression=regression), device=device,
+        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
+        max_grad_norm=cfg.max_grad_norm, checkpoint_every=cfg.checkpoint_every, tokenizer=tokenizer,
+        progress=progress,
+    )
+
+    def step(batch):
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        if regression:
+            return F.mse_loss(logits.view(-1), batch["labels"]), {}
+        return F.cross_entropy(logits, batch["labels"]), {}
+
+    optimizer = make_optimizer([model], cfg.learning_rate, cfg.weight_decay)
+    total_steps = num_batches(len(train), cfg.batch_size) * cfg.epochs
+    phase = Phase(stage=0, label="finetune", epochs=cfg.epochs, step=step, optimizer=optimizer,
+                  scheduler=linear_schedule(optimizer, total_steps, cfg.warmup_proportion),
+                  clip_params=list(model.parameters()))
+    state = run_phases(run, [phase], saved)
+    best = state.best["value"] if state.best else None
+    return FinetuneResult(model_dir=run.model_dir, history=state.history, best_metric=best, metric=run.metric)
+
+
+__all__ = ["finetune", "FinetuneResult"]

@@ -1,0 +1,199 @@
+"""The one training loop. Every trainer path runs its phases through `run_phases`:
+fine-tuning is one phase, MLKD distillation is two (stage 1, stage 2).
+
+    for phase in phases:
+        for epoch in the phase's remaining epochs:
+            for batch in the seeded epoch order (a resumed epoch starts at state.step):
+                loss, terms = phase.step(batch)        # the path's objective
+                backward -> clip -> optimizer -> scheduler -> log -> periodic checkpoint
+            dev metrics -> history -> best model kept -> checkpoint
+
+A path describes itself (a `Run` and its `Phase`s) and never copies this loop.
+The run state is one dataclass, saved whole in every checkpoint, so a resumed
+run replays exactly the batches, RNG draws and optimiser steps it had left.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from mlkd_fast.data.batching import Collator, batches, epoch_order, num_batches
+from mlkd_fast.train import checkpoint
+from mlkd_fast.train.evaluate import evaluate_model
+from mlkd_fast.train.logs import MetricLogger, progress_bar
+
+StepFn = Callable[[Dict[str, torch.Tensor]], Tuple[torch.Tensor, Dict[str, float]]]
+
+
+@dataclass
+class RunState:
+    """Where a run stands; everything a checkpoint needs to continue it."""
+
+    stage: int = 0  # the phase being run: 0 = fine-tuning, 1 and 2 = MLKD stages
+    epoch: int = 0  # epochs of this phase already finished
+    step: int = 0  # batches of the current epoch already trained
+    global_step: int = 0  # optimiser steps over the whole run
+    sums: Dict[str, float] = field(default_factory=dict)  # per-term loss sums over the current epoch
+    count: int = 0  # batches summed in `sums`
+    history: List[Dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
+    best: Optional[Dict[str, Any]] = None  # {"value", "epoch"[, "stage"]} of the kept model
+
+    def enter_phase(self, stage: int) -> None:
+        self.stage, self.epoch, self.step, self.sums, self.count = stage, 0, 0, {}, 0
+
+    def add_step(self, terms: Dict[str, float]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        self.step += 1
+        self.global_step += 1
+
+    def finish_epoch(self) -> None:
+        self.epoch, self.step, self.sums, self.count = self.epoch + 1, 0, {}, 0
+
+    def epoch_means(self) -> Dict[str, float]:
+        return {k: v / max(1, self.count) for k, v in self.sums.items()}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "RunState":
+        return cls(**values)
+
+
+@dataclass
+class Phase:
+    """One optimisation phase: its objective, optimiser, schedule and length."""
+
+    stage: int  # 0 = fine-tuning; 1, 2 = MLKD stages (also keys the seeded epoch order)
+    label: str  # progress-bar prefix
+    epochs: int
+    step: StepFn  # batch -> (loss to minimise, per-term values to log)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch lr scheduler
+    clip_params: Sequence[torch.Tensor]  # parameters whose global gradient norm is clipped
+    keep_best: bool = True  # choose the kept model on this phase's dev metric
+    save_at_end: Optional[str] = None  # also save the model here when the phase ends
+
+
+@dataclass
+class Run:
+    """What every phase of one run shares: the model being trained and kept, data, evaluation, output."""
+
+    kind: str  # "finetune" or "distill": the checkpoint's kind
+    output_dir: str
+    settings: Dict[str, Any]  # what defines the run (checked on resume)
+    model: nn.Module  # trained, evaluated after each epoch, kept as the best
+    model_dir: str  # where the kept model is saved
+    train: Any  # tokenised datasets.Dataset
+    dev: Any  # tokenised datasets.Dataset or None
+    task: Any  # TaskSpec or None
+    metric: Optional[str]  # model-selection metric (None without dev data)
+    collate: Collator
+    device: torch.device
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    max_grad_norm: float
+    checkpoint_every: int
+    tokenizer: Any = None
+    progress: bool = True
+    extra_modules: Dict[str, nn.Module] = field(default_factory=dict)  # trained beside the model (projections)
+
+
+def run_phases(run: Run, phases: Sequence[Phase], saved: Optional[Dict[str, Any]]) -> RunState:
+    """Train every phase in order (resuming from `saved`, a checkpoint of this run, when given)."""
+    state = RunState.from_dict(saved["state"]) if saved is not None else RunState(stage=phases[0].stage)
+    if saved is not None:
+        run.model.load_state_dict(saved["modules"]["model"])
+        for name, module in run.extra_modules.items():
+            module.load_state_dict(saved["modules"][name])
+    logger = MetricLogger(os.path.join(run.output_dir, "metrics.jsonl"), os.path.join(run.output_dir, "tensorboard"))
+    try:
+        for phase in phases:
+            if phase.stage < state.stage:
+                continue  # finished before the checkpoint was written
+            if saved is not None and saved["state"]["stage"] == phase.stage:
+                # the checkpoint was written in this phase: continue its optimiser, schedule and RNG streams
+                phase.optimizer.load_state_dict(saved["optimizer"])
+                phase.scheduler.load_state_dict(saved["scheduler"])
+                checkpoint.set_rng_state(saved["rng"])
+            elif state.stage != phase.stage:
+                state.enter_phase(phase.stage)
+            for epoch in range(state.epoch, phase.epochs):
+                _train_epoch(run, phase, state, epoch, logger)
+                _end_epoch(run, phase, state, epoch, logger)
+            if phase.save_at_end:
+                checkpoint.save_model_atomic(run.model, phase.save_at_end, run.tokenizer)
+    finally:
+        logger.close()
+    checkpoint.save_json(os.path.join(run.output_dir, "history.json"),
+                         {"history": state.history, "best": state.best, "metric": run.metric})
+    return state
+
+
+def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger) -> None:
+    order = epoch_order(len(run.train), run.seed, phase.stage * 100_000 + epoch)
+    total = num_batches(len(run.train), run.batch_size)
+    bar = progress_bar(total, state.step, f"{phase.label} epoch {epoch + 1}/{phase.epochs}", run.progress)
+    run.model.train()
+    for batch in batches(run.train, order, run.batch_size, run.collate, start=state.step):
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        loss, terms = phase.step(batch)
+        phase.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(phase.clip_params, run.max_grad_norm)
+        phase.optimizer.step()
+        phase.scheduler.step()
+
+        terms = dict(terms, loss=float(loss.detach()))
+        state.add_step(terms)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()})
+        bar.update(1)
+        logger.log({"kind": "train", **_where(phase, epoch), "step": state.global_step,
+                    "lr": phase.scheduler.get_last_lr()[0], **terms}, step=state.global_step)
+        if run.checkpoint_every and state.global_step % run.checkpoint_every == 0:
+            _save_state(run, phase, state)
+    bar.close()
+
+
+def _end_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger) -> None:
+    """Dev metrics, the epoch's history record, the best model, and a checkpoint."""
+    record = {**_where(phase, epoch), "steps": state.count, **state.epoch_means()}
+    if run.dev is not None:
+        record["metrics"] = evaluate_model(run.model, run.dev, run.task, run.eval_batch_size, run.device,
+                                           run.collate.pad_token_id)
+    state.history.append(record)
+    logger.log(dict(record, kind="epoch"), step=state.global_step)
+    if phase.keep_best:
+        value = record["metrics"][run.metric] if run.dev is not None else None
+        # without dev data the latest epoch is kept
+        if state.best is None or value is None or value > state.best["value"]:
+            state.best = {"value": value, **_where(phase, epoch)}
+            checkpoint.save_model_atomic(run.model, run.model_dir, run.tokenizer)
+    state.finish_epoch()
+    _save_state(run, phase, state)
+
+
+def _where(phase: Phase, epoch: int) -> Dict[str, int]:
+    """The (stage, epoch) label of log and history records; fine-tuning records carry no stage."""
+    return {"stage": phase.stage, "epoch": epoch + 1} if phase.stage else {"epoch": epoch + 1}
+
+
+def _save_state(run: Run, phase: Phase, state: RunState) -> None:
+    modules = {"model": run.model.state_dict(), **{n: m.state_dict() for n, m in run.extra_modules.items()}}
+    checkpoint.save_state(run.output_dir, {
+        "kind": run.kind, "config": run.settings, "state": state.to_dict(), "modules": modules,
+        "optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict(),
+        "rng": checkpoint.rng_state(),
+    })
+
+
+__all__ = ["RunState", "Phase", "Run", "run_phases"]

