@@ -1,89 +1,31 @@
-// Fused relation-KL kernels (KERNELS.md), included once per ISA inside
-// namespace mlkd::MLKD_ISA after simd.h.
+// Fused relation-KL kernels (docs/kernels.md), included once per ISA inside
+// namespace mlkd::MLKD_ISA after simd.h and tiling.h.
+//
+// Inputs (any strides; element (b, i, k) at ptr + b*sb + i*sl + k*sd):
+//   teacher t (B, L, Dt), student s (B, L, Ds), mask (B, L) bool or null;
+//   split sp of a row is its columns [sp*d, (sp+1)*d), d = D / A.
+// Math, per (b, split, valid row i), keys j valid:
+//   t_ij = t_i.t_j / sqrt(dt), s_ij likewise; p_i = softmax_j(t_i.), q_i = softmax_j(s_i.)
+//   KL_i = sum_j p_ij (log p_ij - log q_ij); loss = mean of KL_i over valid rows.
+// Saved by the forward, (B, A, L, NSTAT): row maxima and log-sums of both
+// models and KL_i (O(B A L)); the backward recomputes the scores from them:
+//   dKL_i/ds_ij = q_ij - p_ij,  dKL_i/dt_ij = p_ij (log p_ij - log q_ij - KL_i).
 //
 // The relation logits are symmetric (x_i.x_j = x_j.x_i, bitwise: both orders
 // sum the same products in the same order), so both passes visit only the
-// J >= I half of the BLK x BLK score tiles, each computed by the packed-panel
-// GEMM of simd.h. Forward: one pass; tile (I, J) folds keys J into the online
-// max/sum/KL state of rows I (row-wise) and keys I into that of rows J
-// (column-wise); per row only the maxima, log-sums and KL are written.
-// Backward: tile (I, J) yields both G_IJ and G_JI; both the rows' and the
-// columns' share of dX = c (G + G^T) X are accumulated. Work split: one
-// (batch, split) per thread when there are enough of them; otherwise (few
-// sequences, e.g. sample_relation_kl's single B x B relation) the threads
-// take fixed shares of each sequence's tile pairs into their own O(L) row
-// states / O(L d) gradient buffers, merged in thread order. No atomics;
-// bitwise-reproducible for a given thread count. Tiles past a sequence's
-// last valid token are skipped. Scratch is O(L d + BLK^2) per thread;
-// nothing of size L x L exists.
+// J >= I half of the BLK x BLK score tiles (for_tile_pairs), each computed
+// by the packed-panel GEMM of simd.h. Forward: one pass; tile (I, J) folds
+// keys J into the online max/sum/KL state of rows I (row-wise) and keys I
+// into that of rows J (column-wise). Backward: tile (I, J) yields both G_IJ
+// and G_JI; both the rows' and the columns' share of dX = c (G + G^T) X are
+// accumulated. Work split: one (batch, split) per thread when there are
+// enough of them; otherwise (few sequences, e.g. sample_relation_kl's single
+// B x B relation) the threads take fixed shares of each sequence's tile pairs
+// into their own O(L) row states / O(L d) gradient buffers, merged in thread
+// order. No atomics; bitwise-reproducible for a given thread count. Tiles past
+// a sequence's last valid token are skipped. Scratch is O(L d + BLK^2) per
+// thread; nothing of size L x L exists.
 #pragma once
-
-// Row/key block: tiles of BLK x BLK scores stay in L1 (4 KiB in fp32). 32
-// rather than 64: the J >= I half of the tiles of a short sequence is then a
-// smaller share of L x L (L = 128: 10/16 instead of 3/4 of the dot products).
-constexpr int BLK = 32;
-// Rows and keys are padded to a multiple of this (the micro-kernel width).
-constexpr int PAD = 16;
-
-// dst[r * ld + k] = x(i0 + r, col0 + k) for r < rows, k < d; zero for rows
-// >= avail and for columns d..ld.
-template <typename T>
-static void pack_rows(T* dst, long ld, const T* src, long sl, long sd, long i0, long rows, long avail, long d) {
-  for (long r = 0; r < rows; ++r) {
-    T* o = dst + r * ld;
-    long k = 0;
-    if (r < avail) {
-      const T* in = src + (i0 + r) * sl;
-      if (sd == 1)
-        for (; k < d; ++k) o[k] = in[k];
-      else
-        for (; k < d; ++k) o[k] = in[k * sd];
-    }
-    for (; k < ld; ++k) o[k] = T(0);
-  }
-}
-
-// dst[k * ld + j] = x(j, col0 + k) for j < n, zero for n <= j < ld (keys as columns).
-template <typename T>
-static void pack_cols(T* dst, long ld, const T* src, long sl, long sd, long n, long d) {
-  for (long j = 0; j < n; ++j) {
-    const T* in = src + j * sl;
-    for (long k = 0; k < d; ++k) dst[k * ld + j] = in[k * sd];
-  }
-  for (long k = 0; k < d; ++k)
-    for (long j = n; j < ld; ++j) dst[k * ld + j] = T(0);
-}
-
-// Keys as columns in panels of NR keys (the layout gemm_pb reads):
-// dst[((j / NR) * d + k) * NR + j % NR] = x(j, col0 + k) for j < n, zero for
-// n <= j; keys j in [from, to) only (threads may pack disjoint ranges).
-template <typename T>
-static void pack_panels(T* dst, const T* src, long sl, long sd, long n, long from, long to, long d) {
-  constexpr long nr = NR<T>();
-  for (long j = from; j < to; ++j) {
-    T* o = dst + (j / nr) * d * nr + j % nr;
-    if (j < n) {
-      const T* in = src + j * sl;
-      if (sd == 1)
-        for (long k = 0; k < d; ++k) o[k * nr] = in[k];
-      else
-        for (long k = 0; k < d; ++k) o[k * nr] = in[k * sd];
-    } else {
-      for (long k = 0; k < d; ++k) o[k * nr] = T(0);
-    }
-  }
-}
-
-// Per-sequence key data: scale[j] = c * valid_j, add[j] = 0 or NEG, so that
-// logit = raw * scale + add is exactly the scaled logit or exactly NEG.
-template <typename T>
-static void key_vectors(const bool* m, long L, long Lp, T c, T* scale, T* add) {
-  for (long j = 0; j < Lp; ++j) {
-    const bool v = j < L && (m == nullptr || m[j]);
-    scale[j] = v ? c : T(0);
-    add[j] = v ? T(0) : Vec<T>::NEG;
-  }
-}
 
 static inline bool any_valid(const bool* m, long from, long to) {
   if (m == nullptr) return from < to;
@@ -117,29 +59,16 @@ struct FwdScratch {
   // a peaked row, and log(l) must keep the tiny part (KL can be ~1e-6).
   // One entry per row of the sequence (O(L)).
   double *m_t, *l_t, *m_s, *l_s, *acc;
+  Arena mem;
   bool ok;
-  // packs = false: no room for the packed rows / key panels (the thread reads
-  // another thread's, see relation_forward_shared).
-  FwdScratch(long Lp, long dt, long ds, bool packs = true) {
-    T** all[] = {&qt, &qs, &kt, &ks, &tt, &ts, &sc_t, &sc_s, &add};
-    const long P = packs ? Lp : 1;
-    long sizes[] = {P * dt, P * ds, dt * P, ds * P, BLK * BLK, BLK * BLK, Lp, Lp, Lp};
-    double** rows[] = {&m_t, &l_t, &m_s, &l_s, &acc};
-    ok = true;
-    for (int n = 0; n < 9; ++n) {
-      *all[n] = scratch<T>(sizes[n]);
-      ok = ok && *all[n] != nullptr;
-    }
-    for (int n = 0; n < 5; ++n) {
-      *rows[n] = scratch<double>(Lp);
-      ok = ok && *rows[n] != nullptr;
-    }
-  }
-  ~FwdScratch() {
-    T* all[] = {qt, qs, kt, ks, tt, ts, sc_t, sc_s, add};
-    for (T* p : all) free(p);
-    double* rows[] = {m_t, l_t, m_s, l_s, acc};
-    for (double* p : rows) free(p);
+  // Thread t's scratch. shared: the threads share each sequence, and only
+  // thread 0 holds the packed rows / key panels (all threads fill and read them).
+  FwdScratch(int t, bool shared, long Lp, long dt, long ds) {
+    const long P = (shared && t != 0) ? 1 : Lp;
+    mem.add(qt, P * dt).add(qs, P * ds).add(kt, dt * P).add(ks, ds * P);
+    mem.add(tt, BLK * BLK).add(ts, BLK * BLK).add(sc_t, Lp).add(sc_s, Lp).add(add, Lp);
+    mem.add(m_t, Lp).add(l_t, Lp).add(m_s, Lp).add(l_s, Lp).add(acc, Lp);
+    ok = mem.allocate();
   }
 };
 
@@ -179,8 +108,8 @@ static bool relation_forward_pairs(const RelationArgs<T>& a, long b, long sp, Fw
   const T* tb = a.t + b * a.t_sb + sp * dt * a.t_sd;
   const T* sb = a.s + b * a.s_sb + sp * ds * a.s_sd;
   {
-    const long chunk = round_up((Lp + nparts - 1) / nparts, PAD);
-    const long p0 = part * chunk < Lp ? part * chunk : Lp, p1 = p0 + chunk < Lp ? p0 + chunk : Lp;
+    long p0, p1;
+    part_range(Lp, part, nparts, &p0, &p1);
     pack_rows(pk.qt + p0 * dt, dt, tb, a.t_sl, a.t_sd, p0, p1 - p0, L - p0, dt);
     pack_rows(pk.qs + p0 * ds, ds, sb, a.s_sl, a.s_sd, p0, p1 - p0, L - p0, ds);
     pack_panels(pk.kt, tb, a.t_sl, a.t_sd, L, p0, p1, dt);
@@ -195,14 +124,9 @@ static bool relation_forward_pairs(const RelationArgs<T>& a, long b, long sp, Fw
     w.m_t[r] = w.m_s[r] = Vec<T>::NEG;
     w.l_t[r] = w.l_s[r] = w.acc[r] = 0.0;
   }
-  long pair = -1;
-  for (long i0 = 0; i0 < Le; i0 += BLK) {
-    const long rows = (Le - i0 < BLK) ? Le - i0 : BLK;
-    if (!any_valid(m, i0, i0 + rows < L ? i0 + rows : L)) continue;  // no valid row, no valid key
-    for (long j0 = i0; j0 < Le; j0 += BLK) {
-      const long cols = (Le - j0 < BLK) ? Le - j0 : BLK;
-      if (!any_valid(m, j0, j0 + cols < L ? j0 + cols : L)) continue;
-      if (++pair % nparts != part) continue;
+  // a block without a valid token has no valid row and no valid key
+  auto active = [&](long from, long to) { return any_valid(m, from, to < L ? to : L); };
+  for_tile_pairs(Le, part, nparts, active, [&](long i0, long rows, long j0, long cols) {
       gemm_pb<T>(rows, cols, dt, pk.qt + i0 * dt, dt, pk.kt + j0 * dt, w.tt, BLK, false);
       gemm_pb<T>(rows, cols, ds, pk.qs + i0 * ds, ds, pk.ks + j0 * ds, w.ts, BLK, false);
       if (j0 != i0) {
@@ -268,8 +192,7 @@ static bool relation_forward_pairs(const RelationArgs<T>& a, long b, long sp, Fw
         }
         fold_block(w, i, nm_t, nm_s, hsum<T>(sum_t), hsum<T>(sum_s), hsum<T>(sum_kl));
       }
-    }
-  }
+  });
   return true;
 }
 
@@ -295,61 +218,53 @@ static void relation_forward_finish(const RelationArgs<T>& a, long b, long sp, c
   }
 }
 
+// Merges thread p's running state of row i into thread 0's (the online-
+// softmax merge: the same rescaling as fold_block).
+template <typename T>
+static void merge_row_state(FwdScratch<T>& into, const FwdScratch<T>& o, long i) {
+  if (o.m_t[i] <= Vec<T>::NEG) return;  // that thread saw no key of row i
+  const T nm_t = T(o.m_t[i]) > T(into.m_t[i]) ? T(o.m_t[i]) : T(into.m_t[i]);
+  const T nm_s = T(o.m_s[i]) > T(into.m_s[i]) ? T(o.m_s[i]) : T(into.m_s[i]);
+  const double d_t = double(nm_t) - o.m_t[i], d_s = double(nm_s) - o.m_s[i];
+  const double r_t = __builtin_exp(-d_t), r_s = __builtin_exp(-d_s);
+  fold_block(into, i, nm_t, nm_s, T(0), T(0), T(0));
+  into.acc[i] += r_t * (o.acc[i] - (d_t - d_s) * o.l_t[i]);
+  into.l_t[i] += o.l_t[i] * r_t;
+  into.l_s[i] += o.l_s[i] * r_s;
+}
+
+template <typename T>
+static void zero_stats(const RelationArgs<T>& a, long unit) {
+  T* st = a.stats + unit * a.L * NSTAT;
+  for (long i = 0; i < a.L * NSTAT; ++i) st[i] = T(0);
+}
+
 // Few (batch, split) units (sample_relation_kl: one): every thread takes a
 // fixed share of each unit's tile pairs into its own O(L) row states; the
-// states are then merged row by row in thread order (online-softmax merge,
-// the same rescaling as fold_block). Reproducible for a given thread count.
+// states are then merged row by row in thread order. Reproducible for a
+// given thread count.
 template <typename T>
 static int relation_forward_shared(const RelationArgs<T>& a) {
   const long L = a.L, Lp = round_up(L, PAD), dt = a.Dt / a.A, ds = a.Ds / a.A;
-  FwdScratch<T>* parts[256];
-  const int nt = a.num_threads < 256 ? a.num_threads : 256;
-  int failed = 0;
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    FwdScratch<T> w(Lp, dt, ds, t == 0);
-    parts[t] = &w;
-    if (!w.ok) {
-#pragma omp atomic write
-      failed = 1;
-    }
+  auto body = [&](int t, int n, FwdScratch<T>& w, FwdScratch<T>** parts) {
+    for (long u = 0; u < a.B * a.A; ++u) {
+      const long b = u / a.A, sp = u % a.A;
+      const bool active = relation_forward_pairs(a, b, sp, w, *parts[0], t, n);
 #pragma omp barrier
-    if (!failed) {
-      for (long u = 0; u < a.B * a.A; ++u) {
-        const long b = u / a.A, sp = u % a.A;
-        const bool active = relation_forward_pairs(a, b, sp, w, *parts[0], t, n);
-#pragma omp barrier
-        if (active) {
+      if (active) {
 #pragma omp for schedule(static)
-          for (long i = 0; i < L; ++i)
-            for (int p = 1; p < n; ++p) {
-              FwdScratch<T>& o = *parts[p];
-              if (o.m_t[i] <= Vec<T>::NEG) continue;  // this part saw no key of row i
-              const T nm_t = T(o.m_t[i]) > T(parts[0]->m_t[i]) ? T(o.m_t[i]) : T(parts[0]->m_t[i]);
-              const T nm_s = T(o.m_s[i]) > T(parts[0]->m_s[i]) ? T(o.m_s[i]) : T(parts[0]->m_s[i]);
-              const double d_t = double(nm_t) - o.m_t[i], d_s = double(nm_s) - o.m_s[i];
-              const double r_t = __builtin_exp(-d_t), r_s = __builtin_exp(-d_s);
-              fold_block(*parts[0], i, nm_t, nm_s, T(0), T(0), T(0));
-              parts[0]->acc[i] += r_t * (o.acc[i] - (d_t - d_s) * o.l_t[i]);
-              parts[0]->l_t[i] += o.l_t[i] * r_t;
-              parts[0]->l_s[i] += o.l_s[i] * r_s;
-            }
-          // implicit barrier: part 0 holds the merged state
+        for (long i = 0; i < L; ++i)
+          for (int p = 1; p < n; ++p) merge_row_state(*parts[0], *parts[p], i);
+        // implicit barrier: part 0 holds the merged state
 #pragma omp for schedule(static)
-          for (long i = 0; i < L; ++i) relation_forward_finish(a, b, sp, *parts[0], i, i + 1);
-        }
-        else {
+        for (long i = 0; i < L; ++i) relation_forward_finish(a, b, sp, *parts[0], i, i + 1);
+      } else {
 #pragma omp single
-          {
-            T* st = a.stats + (b * a.A + sp) * L * NSTAT;
-            for (long i = 0; i < L * NSTAT; ++i) st[i] = T(0);
-          }
-        }
+        zero_stats(a, u);
       }
     }
-  }
-  return failed ? -1 : 0;
+  };
+  return run_team<FwdScratch<T>>(a.num_threads, body, true, Lp, dt, ds);
 }
 
 template <typename T>
@@ -357,49 +272,35 @@ int relation_forward(const RelationArgs<T>& a) {
   const long Lp = round_up(a.L, PAD), dt = a.Dt / a.A, ds = a.Ds / a.A;
   const long units = a.B * a.A;
   if (a.num_threads > 1 && units < 2 * a.num_threads) return relation_forward_shared(a);
-  int failed = 0;
-#pragma omp parallel num_threads(a.num_threads) reduction(| : failed)
-  {
-    FwdScratch<T> w(Lp, dt, ds);
-    if (!w.ok) failed = 1;
+  auto body = [&](int, int, FwdScratch<T>& w, FwdScratch<T>**) {
 #pragma omp for schedule(dynamic, 1)
     for (long u = 0; u < units; ++u) {
-      if (!w.ok) continue;
       const long b = u / a.A, sp = u % a.A;
-      if (relation_forward_pairs(a, b, sp, w, w, 0, 1)) {
+      if (relation_forward_pairs(a, b, sp, w, w, 0, 1))
         relation_forward_finish(a, b, sp, w, 0, a.L);
-      } else {
-        T* st = a.stats + u * a.L * NSTAT;
-        for (long i = 0; i < a.L * NSTAT; ++i) st[i] = T(0);
-      }
+      else
+        zero_stats(a, u);
     }
-  }
-  return failed ? -1 : 0;
+  };
+  return run_team<FwdScratch<T>>(a.num_threads, body, false, Lp, dt, ds);
 }
 
 template <typename T>
 struct BwdScratch {
   T *xt, *xtT, *xs, *xsT, *gt, *gs, *tt, *ts, *mt, *ms, *sc_t, *sc_s, *add;
   T* row[NSTAT];  // the saved statistics of this (b, split), one array per statistic, padded to Lp
+  Arena mem;
   bool ok;
-  // packs = false: no room for the packed rows / key panels (shared mode:
-  // thread 0's are read); teacher = false: no teacher gradient buffer.
-  BwdScratch(long Lp, long dt, long ds, long dtp, long dsp, bool packs = true, bool teacher = true) {
-    T** all[] = {&xt, &xtT, &xs, &xsT, &gt, &gs, &tt, &ts, &mt, &ms, &sc_t, &sc_s, &add,
-                 &row[0], &row[1], &row[2], &row[3], &row[4]};
-    const long P = packs ? Lp : 1, G = teacher ? Lp : 1;
-    long sizes[] = {P * dtp, dt * P, P * dsp, ds * P, G * dtp, Lp * dsp, BLK * BLK, BLK * BLK,
-                    BLK * BLK, BLK * BLK, Lp, Lp, Lp, Lp, Lp, Lp, Lp, Lp};
-    static_assert(NSTAT == 5, "one scratch row per statistic");
-    ok = true;
-    for (int n = 0; n < 18; ++n) {
-      *all[n] = scratch<T>(sizes[n]);
-      ok = ok && *all[n] != nullptr;
-    }
-  }
-  ~BwdScratch() {
-    T* all[] = {xt, xtT, xs, xsT, gt, gs, tt, ts, mt, ms, sc_t, sc_s, add, row[0], row[1], row[2], row[3], row[4]};
-    for (T* p : all) free(p);
+  // Thread t's scratch. shared: only thread 0 holds the packed rows / key
+  // panels (all threads fill and read them); teacher = false: no teacher
+  // gradient buffer.
+  BwdScratch(int t, bool shared, long Lp, long dt, long ds, long dtp, long dsp, bool teacher) {
+    const long P = (shared && t != 0) ? 1 : Lp, G = teacher ? Lp : 1;
+    mem.add(xt, P * dtp).add(xtT, dt * P).add(xs, P * dsp).add(xsT, ds * P).add(gt, G * dtp).add(gs, Lp * dsp);
+    mem.add(tt, BLK * BLK).add(ts, BLK * BLK).add(mt, BLK * BLK).add(ms, BLK * BLK);
+    mem.add(sc_t, Lp).add(sc_s, Lp).add(add, Lp);
+    for (int c = 0; c < NSTAT; ++c) mem.add(row[c], Lp);
+    ok = mem.allocate();
   }
 };
 
@@ -470,8 +371,8 @@ static bool relation_backward_unit(const RelationArgs<T>& a, long b, long sp, Bw
   const T* tb = a.t + b * a.t_sb + sp * dt * a.t_sd;
   const T* sb = a.s + b * a.s_sb + sp * ds * a.s_sd;
   {
-    const long chunk = round_up((Lp + nparts - 1) / nparts, PAD);
-    const long p0 = part * chunk < Lp ? part * chunk : Lp, p1 = p0 + chunk < Lp ? p0 + chunk : Lp;
+    long p0, p1;
+    part_range(Lp, part, nparts, &p0, &p1);
     pack_rows(pk.xs + p0 * dsp, dsp, sb, a.s_sl, a.s_sd, p0, p1 - p0, L - p0, ds);
     pack_panels(pk.xsT, sb, a.s_sl, a.s_sd, L, p0, p1, ds);
     pack_rows(pk.xt + p0 * dtp, dtp, tb, a.t_sl, a.t_sd, p0, p1 - p0, L - p0, dt);
@@ -491,14 +392,8 @@ static bool relation_backward_unit(const RelationArgs<T>& a, long b, long sp, Bw
   __builtin_memset(w.gs, 0, sizeof(T) * Lp * dsp);
   if (teacher) __builtin_memset(w.gt, 0, sizeof(T) * Lp * dtp);
   const T g_s = T(a.grad_scale) * c_s, g_t = T(a.grad_scale) * c_t;
-  long pair = -1;
-  for (long i0 = 0; i0 < Le; i0 += BLK) {
-    const long rows = (Le - i0 < BLK) ? Le - i0 : BLK;
-    if (!any_valid(m, i0, i0 + rows < L ? i0 + rows : L)) continue;
-    for (long j0 = i0; j0 < Le; j0 += BLK) {
-      const long cols = (Le - j0 < BLK) ? Le - j0 : BLK;
-      if (!any_valid(m, j0, j0 + cols < L ? j0 + cols : L)) continue;
-      if (++pair % nparts != part) continue;
+  auto active = [&](long from, long to) { return any_valid(m, from, to < L ? to : L); };
+  for_tile_pairs(Le, part, nparts, active, [&](long i0, long rows, long j0, long cols) {
       gemm_pb<T>(rows, cols, ds, pk.xs + i0 * dsp, dsp, pk.xsT + j0 * ds, w.ts, BLK, false);
       gemm_pb<T>(rows, cols, dt, pk.xt + i0 * dtp, dtp, pk.xtT + j0 * dt, w.tt, BLK, false);
       relation_grad_tile(a, m, i0, rows, j0, cols, teacher, g_s, g_t, w);
@@ -509,8 +404,7 @@ static bool relation_backward_unit(const RelationArgs<T>& a, long b, long sp, Bw
         gemm<T>(rows, dtp, cols, w.mt, BLK, 1, pk.xt + j0 * dtp, dtp, w.gt + i0 * dtp, dtp, true);
         if (j0 != i0) gemm<T>(cols, dtp, rows, w.mt, 1, BLK, pk.xt + i0 * dtp, dtp, w.gt + j0 * dtp, dtp, true);
       }
-    }
-  }
+  });
   if (nparts > 1) return true;
   for (long i = 0; i < L; ++i) {
     T* os = a.grad_s + (b * L + i) * a.Ds + sp * ds;
@@ -532,51 +426,21 @@ static int relation_backward_shared(const RelationArgs<T>& a) {
   const long L = a.L, Lp = round_up(L, PAD), dt = a.Dt / a.A, ds = a.Ds / a.A;
   const long dtp = ld_rows<T>(dt), dsp = ld_rows<T>(ds);
   const bool teacher = a.grad_t != nullptr;
-  T* part_s[256];
-  T* part_t[256];
-  BwdScratch<T>* scr[256];
-  int nt = a.num_threads < 256 ? a.num_threads : 256;
-  int failed = 0;
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    BwdScratch<T> w(Lp, dt, ds, dtp, dsp, t == 0, teacher);
-    scr[t] = &w;
-    part_s[t] = w.gs;
-    part_t[t] = w.gt;
-    if (!w.ok) {
-#pragma omp atomic write
-      failed = 1;
-    }
+  auto body = [&](int t, int n, BwdScratch<T>& w, BwdScratch<T>** parts) {
+    for (long u = 0; u < a.B * a.A; ++u) {
+      const long b = u / a.A, sp = u % a.A;
+      const bool active = relation_backward_unit(a, b, sp, w, *parts[0], t, n);
 #pragma omp barrier
-    if (!failed) {
-      for (long u = 0; u < a.B * a.A; ++u) {
-        const long b = u / a.A, sp = u % a.A;
-        const bool active = relation_backward_unit(a, b, sp, w, *scr[0], t, n);
-#pragma omp barrier
-        if (active) {
+      if (!active) continue;  // every thread agrees: the mask decides
 #pragma omp for schedule(static)
-          for (long i = 0; i < L; ++i) {
-            T* os = a.grad_s + (b * L + i) * a.Ds + sp * ds;
-            for (long k = 0; k < ds; ++k) {
-              T v = part_s[0][i * dsp + k];
-              for (int p = 1; p < n; ++p) v += part_s[p][i * dsp + k];
-              os[k] = v;
-            }
-            if (teacher) {
-              T* ot = a.grad_t + (b * L + i) * a.Dt + sp * dt;
-              for (long k = 0; k < dt; ++k) {
-                T v = part_t[0][i * dtp + k];
-                for (int p = 1; p < n; ++p) v += part_t[p][i * dtp + k];
-                ot[k] = v;
-              }
-            }
-          }  // implicit barrier: the buffers are reused by the next unit
-        }
-      }
+      for (long i = 0; i < L; ++i) {
+        sum_in_order(a.grad_s + (b * L + i) * a.Ds + sp * ds, ds, n, T(1), [&](int p) { return parts[p]->gs + i * dsp; });
+        if (teacher)
+          sum_in_order(a.grad_t + (b * L + i) * a.Dt + sp * dt, dt, n, T(1), [&](int p) { return parts[p]->gt + i * dtp; });
+      }  // implicit barrier: the buffers are reused by the next unit
     }
-  }
-  return failed ? -1 : 0;
+  };
+  return run_team<BwdScratch<T>>(a.num_threads, body, true, Lp, dt, ds, dtp, dsp, teacher);
 }
 
 template <typename T>
@@ -584,16 +448,10 @@ int relation_backward(const RelationArgs<T>& a) {
   const long Lp = round_up(a.L, PAD), dt = a.Dt / a.A, ds = a.Ds / a.A;
   const long units = a.B * a.A;
   if (a.num_threads > 1 && units < 2 * a.num_threads) return relation_backward_shared(a);
-  int failed = 0;
-#pragma omp parallel num_threads(a.num_threads) reduction(| : failed)
-  {
-    BwdScratch<T> w(Lp, dt, ds, ld_rows<T>(dt), ld_rows<T>(ds), true, a.grad_t != nullptr);
-    if (!w.ok) failed = 1;
+  auto body = [&](int, int, BwdScratch<T>& w, BwdScratch<T>**) {
 #pragma omp for schedule(dynamic, 1)
-    for (long u = 0; u < units; ++u) {
-      if (!w.ok) continue;
-      relation_backward_unit(a, u / a.A, u % a.A, w, w, 0, 1);
-    }
-  }
-  return failed ? -1 : 0;
+    for (long u = 0; u < units; ++u) relation_backward_unit(a, u / a.A, u % a.A, w, w, 0, 1);
+  };
+  return run_team<BwdScratch<T>>(a.num_threads, body, false, Lp, dt, ds, ld_rows<T>(dt), ld_rows<T>(ds),
+                                 a.grad_t != nullptr);
 }
