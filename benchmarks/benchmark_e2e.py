@@ -5,7 +5,7 @@
 
 One step = teacher forward (no_grad, eval) capturing its features, student
 forward (train mode) capturing its features, the stage loss
-(mlkd_fast.losses.stage_loss with stage_weights and DistillProjections),
+(mlkd_fast.train.objectives.stage_loss with stage_weights and DistillProjections),
 backward, and an AdamW step over the student and the projections. Each phase
 is timed separately as well (CUDA is synchronised between phases); the
 reference and fused trainers take turns step by step. Pairs,
@@ -31,11 +31,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import hostinfo  # noqa: E402
+import peakmem  # noqa: E402
+import resultfile  # noqa: E402
+import timer  # noqa: E402
 
 import mlkd_fast  # noqa: E402
-from mlkd_fast.capture import capture_features  # noqa: E402
-from mlkd_fast.layer_map import uniform_layer_map  # noqa: E402
-from mlkd_fast.losses import DistillProjections, LossContext, stage_loss, stage_weights  # noqa: E402
+from mlkd_fast.train.capture import capture_features  # noqa: E402
+from mlkd_fast.train.layer_map import uniform_layer_map  # noqa: E402
+from mlkd_fast.train.objectives import DistillProjections, LossContext, stage_loss, stage_weights  # noqa: E402
 
 # name -> ((teacher layers, hidden, heads, FFN), (student layers, hidden, heads, FFN))
 PAIRS = {
@@ -137,7 +141,7 @@ def time_steps(trainers, batch, device, warmup, repeats, memory=False):
 
             peak = None
             if memory and i == warmup + repeats - 1:
-                peak = harness.cuda_peak_growth_mb(step) if device == "cuda" else harness.cpu_peak_growth_mb(step)
+                peak = peakmem.cuda_peak_growth_mb(step) if device == "cuda" else peakmem.cpu_peak_growth_mb(step)
             else:
                 step()
             if i < warmup:
@@ -155,8 +159,9 @@ def run(args):
     device = args.device
     fused = "triton" if device == "cuda" else "cpp"
     available = mlkd_fast.available_backends()
-    out = harness.result_path("e2e", device, args.quick, args.out_dir)
-    print(f"e2e on {harness.describe(device)}; backends available: {available}\n  results -> {out}")
+    out = resultfile.result_path("e2e", device, args.quick, args.out_dir)
+    print(f"e2e on {hostinfo.describe(device)}; backends available: {available}\n  results -> {out}")
+    all_rows = []
     for pair in args.pairs:
         for length, batch_size in args.lengths:
             batch = make_batch(batch_size, length, device)
@@ -173,23 +178,23 @@ def run(args):
                         rows[backend]["status"] = f"unavailable: backend {backend!r} is not built here (available: {available})"
                         continue
                     trainers[backend] = Trainer(pair, stage, backend, device)
-                memory = not args.no_memory and (device == "cuda" or harness.malloc_pinned())
+                memory = not args.no_memory and (device == "cuda" or peakmem.malloc_pinned())
                 try:
                     timed = time_steps(trainers, batch, device, args.warmup, args.repeats, memory=memory)
                 except Exception as e:  # one backend failing fails the comparison: say so in both rows
                     timed = {}
                     for backend in trainers:
-                        rows[backend]["status"] = harness._error(e)
+                        rows[backend]["status"] = resultfile.error_status(e)
                 for backend, (totals, phases, peak) in timed.items():
                     row = rows[backend]
-                    t = harness.Timing(totals, first_call_s=float("nan"))
+                    t = timer.Timing(totals, first_call_s=float("nan"))
                     row.update({k: v for k, v in t.columns().items() if k != "first_call_ms"})
                     for name, xs in phases.items():
                         row[f"{name}_ms"] = f"{1e3 * statistics.median(xs):.2f}"
                     row["status"] = "ok"
                     if args.no_memory:
                         pass
-                    elif device == "cpu" and not harness.malloc_pinned():
+                    elif device == "cpu" and not peakmem.malloc_pinned():
                         row["status"] = "ok; memory not measured: glibc's mmap threshold is not pinned (run the script itself)"
                     else:
                         row["peak_mem_mb"] = f"{peak:.1f}"
@@ -207,9 +212,11 @@ def run(args):
                               f"peak {row.get('peak_mem_mb', '-')} MiB  x{row.get('speedup_vs_torch', '1')}")
                     else:
                         print(f"  {pair} L={length} stage {stage} {backend}: {row['status']}")
-                finished = [{k: str(v) for k, v in dict(r, **harness.machine_info(device), timestamp=harness._now()).items()}
+                finished = [{k: str(v) for k, v in dict(r, **hostinfo.machine_info(device), timestamp=hostinfo.now()).items()}
                             for r in rows.values()]
-                harness.append_csv(out, finished)
+                resultfile.append_csv(out, finished)
+                all_rows.extend(finished)
+    return all_rows
 
 
 def parse_lengths(items):
@@ -240,10 +247,10 @@ def main(argv=None):
         args.pairs = args.pairs or ["minilm", "base"]
         args.lengths = parse_lengths(args.lengths or ["128:16", "512:4"])
         args.warmup, args.repeats = 1, args.repeats or 3
-    run(args)
+    return resultfile.exit_status(run(args))  # non-zero when a measurement failed
 
 
 if __name__ == "__main__":
-    if "--no-memory" not in sys.argv and "cuda" not in sys.argv and not harness.malloc_pinned():
-        harness.reexec_with_pinned_malloc()  # the in-process RSS peak needs glibc's mmap threshold fixed at start
-    main()
+    if "--no-memory" not in sys.argv and "cuda" not in sys.argv and not peakmem.malloc_pinned():
+        peakmem.reexec_with_pinned_malloc()  # the in-process RSS peak needs glibc's mmap threshold fixed at start
+    sys.exit(main())

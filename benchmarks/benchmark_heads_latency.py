@@ -23,6 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import hostinfo  # noqa: E402
+import resultfile  # noqa: E402
+import timer  # noqa: E402
 
 HEADS = (12, 6, 4, 3, 2, 1)
 # name -> (layers, hidden, FFN): the paper's 4-layer student and an all-MiniLM-L6-v2-shaped one
@@ -61,8 +64,8 @@ def make_batch(batch: int, length: int, device: str, seed: int = 0):
 
 def run(args) -> list:
     device = args.device
-    out = harness.result_path("heads_latency", device, args.quick, args.out_dir)
-    print(f"heads_latency on {harness.describe(device)}\n  results -> {out}")
+    out = resultfile.result_path("heads_latency", device, args.quick, args.out_dir)
+    print(f"heads_latency on {hostinfo.describe(device)}\n  results -> {out}")
     rows_all = []
     for shape in args.shapes:
         layers, hidden, ffn = SHAPES[shape]
@@ -82,7 +85,7 @@ def run(args) -> list:
                     return f
 
                 # the head counts take turns, so a change of machine load hits them all alike
-                results = harness.time_interleaved(
+                results = timer.time_interleaved(
                     {h: infer(m) for h, m in models.items()}, device,
                     warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time,
                 )
@@ -93,7 +96,7 @@ def run(args) -> list:
                         "device": device, "params": sum(p.numel() for p in models[heads].parameters()),
                     }
                     if isinstance(res, Exception):
-                        row["status"] = harness._error(res)
+                        row["status"] = resultfile.error_status(res)
                     else:
                         row.update(res.columns())
                         row["seq_per_s"] = f"{batch / (res.median_ms / 1e3):.2f}"
@@ -110,8 +113,8 @@ def run(args) -> list:
                           f"(IQR {float(r['iqr_ms']):.3f})  {r['seq_per_s']:>10s} seq/s  x{r.get('speedup_vs_12heads', '-')}")
                 else:
                     print(f"  {shape} {attn} heads={r['heads']} batch={r['batch']}: {r['status']}")
-            finished = [dict(r, **harness.machine_info(device), timestamp=harness._now()) for r in rows]
-            harness.append_csv(out, finished)
+            finished = [dict(r, **hostinfo.machine_info(device), timestamp=hostinfo.now()) for r in rows]
+            resultfile.append_csv(out, finished)
             rows_all.extend(finished)
     return rows_all
 
@@ -137,8 +140,8 @@ def main(argv=None):
         args.shapes = args.shapes or list(SHAPES)
         args.batch = args.batch or ([1, 8, 32] if args.device == "cpu" else [1, 8, 32, 128])
         args.warmup, args.repeats, args.min_time = 2, 5, 1.0
-    run(args)
+    return resultfile.exit_status(run(args))  # non-zero when a measurement failed
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

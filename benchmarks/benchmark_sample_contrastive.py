@@ -70,8 +70,9 @@ def cases(device: str, quick: bool):
 
 def main(argv=None):
     args = harness.op_args(__doc__, argv)
-    harness.run_op_main(BENCHMARK, cases(args.device, args.quick), args, compile_groups=("B",))
+    rows = harness.run_op_main(BENCHMARK, cases(args.device, args.quick), args, compile_groups=("B",))
+    return harness.exit_status(rows)  # non-zero when a measurement failed
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

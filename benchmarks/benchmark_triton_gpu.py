@@ -31,6 +31,10 @@ import torch
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 import harness  # noqa: E402
+import hostinfo  # noqa: E402
+import peakmem  # noqa: E402
+import resultfile  # noqa: E402
+import timer  # noqa: E402
 
 RELATION = harness.load_script(os.path.join(BENCH_DIR, "benchmark_relation_kl.py")).BENCHMARK
 CONTRASTIVE = harness.load_script(os.path.join(BENCH_DIR, "benchmark_sample_contrastive.py")).BENCHMARK
@@ -71,12 +75,12 @@ def measure(bench, params, backend, device, compiled, args) -> List[Dict[str, st
         row.update({k: str(v) for k, v in params.items()})
         try:
             step = harness.make_step(bench, inputs, backend, mode, compiled)
-            t = harness.time_callable(step, device, warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time)
+            t = timer.time_callable(step, device, warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time)
             row.update(t.columns())
             row["value"] = f"{float(t.last.detach()):.6g}"
             row["status"] = "ok"
             if mode == "fwd+bwd" and device == "cuda":
-                row["peak_mem_mb"] = f"{harness.cuda_peak_growth_mb(step):.2f}"
+                row["peak_mem_mb"] = f"{peakmem.cuda_peak_growth_mb(step):.2f}"
         except Exception as e:  # recorded, not hidden: the row says why there is no number
             row["status"] = ("oom: " if is_oom(e) else "error: ") + f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
         rows.append(row)
@@ -122,7 +126,7 @@ def headline(rows: List[Dict[str, str]], device: str) -> str:
                 return r
         return None
 
-    lines = [f"# Triton relation kernels on {harness.describe(device)}", ""]
+    lines = [f"# Triton relation kernels on {hostinfo.describe(device)}", ""]
     fused = find("triton", "fwd+bwd", **HEADLINE)
     shape = "B=32, L=512, Dt=768, Ds=312, splits=12, bf16, padding mask, fwd+bwd"
     if fused is None or fused["status"] != "ok":
@@ -173,9 +177,9 @@ def main(argv=None):
     if "triton" not in mlkd_fast.available_backends():
         raise SystemExit(f"the triton backend is not available here (backends: {mlkd_fast.available_backends()})")
     backends = [b for b in BACKENDS if not (args.no_compile and b == harness.COMPILE)]
-    folder = args.out_dir or harness.RESULTS_DIR
-    stem = os.path.join(folder, f"triton_gpu_{harness.machine_kind(device)}")
-    print(f"triton GPU benchmark on {harness.describe(device)}\n  results -> {stem}.csv, {stem}_summary.md", flush=True)
+    folder = args.out_dir or resultfile.RESULTS_DIR
+    stem = os.path.join(folder, f"triton_gpu_{hostinfo.machine_kind(device)}")
+    print(f"triton GPU benchmark on {hostinfo.describe(device)}\n  results -> {stem}.csv, {stem}_summary.md", flush=True)
 
     all_rows: List[Dict[str, str]] = []
     failed_at: Dict[tuple, str] = {}  # (op, dtype, backend) -> the shape where it ran out of memory
@@ -198,8 +202,8 @@ def main(argv=None):
         for r in case_rows:
             r["group"] = group
         add_speedups(case_rows)
-        finished = [dict(r, **harness.machine_info(device), timestamp=harness._now()) for r in case_rows]
-        harness.append_csv(stem + ".csv", finished)
+        finished = [dict(r, **hostinfo.machine_info(device), timestamp=hostinfo.now()) for r in case_rows]
+        resultfile.append_csv(stem + ".csv", finished)
         all_rows.extend(finished)
 
     text = headline(all_rows, device)
@@ -207,7 +211,9 @@ def main(argv=None):
     with open(stem + "_summary.md", "w") as f:
         f.write(text)
     print("\n" + text)
+    # running out of memory is a result here (eager at L = 8192 is the point), any other failure is not
+    return resultfile.exit_status(all_rows, allowed=("ok", "oom"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

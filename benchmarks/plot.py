@@ -22,6 +22,7 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import resultfile  # noqa: E402
 
 OPS = {  # op -> (sweep group, x column, x label)
     "relation_kl": ("L", "L", "sequence length L (B=2, Dt=768, Ds=312, 12 splits, masked)"),
@@ -226,7 +227,7 @@ def e2e_table(rows) -> List[str]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", default=harness.RESULTS_DIR, help="folder with the CSVs (default benchmarks/results)")
+    p.add_argument("--dir", default=resultfile.RESULTS_DIR, help="folder with the CSVs (default benchmarks/results)")
     p.add_argument("--machine", default=None, help="machine label, e.g. cpu-2core (default: every one found)")
     args = p.parse_args(argv)
     import matplotlib
@@ -247,7 +248,7 @@ def main(argv=None):
             path = os.path.join(args.dir, f"{name}_{machine}.csv")
             if not os.path.exists(path):
                 continue
-            rows = harness.read_csv(path)
+            rows = resultfile.read_csv(path)
             if rows and not desc:
                 r = rows[-1]
                 desc = (f"{machine}: {r['cpu_model']}, {r['cores']} cores, {r['threads']} threads, "

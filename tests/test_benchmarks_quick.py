@@ -17,6 +17,10 @@ sys.path.insert(0, BENCH)
 
 
 import harness  # noqa: E402  (benchmarks/harness.py, the module the scripts import too)
+import hostinfo  # noqa: E402
+import peakmem  # noqa: E402
+import resultfile  # noqa: E402
+import timer  # noqa: E402
 
 
 def load(name):
@@ -28,7 +32,7 @@ def load(name):
 
 
 def test_timing_median_and_iqr():
-    t = harness.Timing([0.004, 0.001, 0.003, 0.002, 0.005], first_call_s=1.0)
+    t = timer.Timing([0.004, 0.001, 0.003, 0.002, 0.005], first_call_s=1.0)
     cols = t.columns()
     assert float(cols["median_ms"]) == pytest.approx(3.0)
     assert float(cols["q1_ms"]) == pytest.approx(2.0)
@@ -40,10 +44,10 @@ def test_timing_median_and_iqr():
 
 def test_time_callable_counts_calls_and_returns_last_value():
     calls = []
-    t = harness.time_callable(lambda: calls.append(1) or len(calls), "cpu", warmup=2, repeats=3, min_time_s=0.0)
+    t = timer.time_callable(lambda: calls.append(1) or len(calls), "cpu", warmup=2, repeats=3, min_time_s=0.0)
     assert len(t.times_s) == 3 and len(calls) == 5 and t.last == 5
     with pytest.raises(ValueError, match="repeats"):
-        harness.time_callable(lambda: None, "cpu", repeats=0)
+        timer.time_callable(lambda: None, "cpu", repeats=0)
 
 
 def test_time_interleaved_runs_round_robin_and_drops_failures():
@@ -57,7 +61,7 @@ def test_time_interleaved_runs_round_robin_and_drops_failures():
         if order.count("c") > 2:  # first call and warm-up pass, the first timed call raises
             raise RuntimeError("boom")
 
-    res = harness.time_interleaved({"a": ok("a"), "b": ok("b"), "c": flaky}, "cpu", warmup=2, repeats=3, min_time_s=0.0)
+    res = timer.time_interleaved({"a": ok("a"), "b": ok("b"), "c": flaky}, "cpu", warmup=2, repeats=3, min_time_s=0.0)
     assert order[:6] == ["a", "a", "b", "b", "c", "c"]  # first call + warm-up per callable
     assert order[6:] == ["a", "b", "c", "a", "b", "a", "b"]  # rounds; c leaves after raising
     assert isinstance(res["c"], RuntimeError)
@@ -69,23 +73,23 @@ def test_cpu_peak_growth_sees_a_transient_allocation():
         x = torch.ones(25 * 2**20)  # 100 MiB, touched, then freed before returning
         return float(x[-1])
 
-    growth = harness.cpu_peak_growth_mb(alloc)
+    growth = peakmem.cpu_peak_growth_mb(alloc)
     assert 95 <= growth <= 140, growth
-    assert harness.cpu_peak_growth_mb(lambda: None) < 20
+    assert peakmem.cpu_peak_growth_mb(lambda: None) < 20
 
 
 def test_append_csv_extends_the_header(tmp_path):
     path = str(tmp_path / "r.csv")
-    harness.append_csv(path, [{"a": "1", "b": "2"}])
-    harness.append_csv(path, [{"a": "3", "b": "4"}])
-    harness.append_csv(path, [{"a": "5", "c": "6"}])
-    rows = harness.read_csv(path)
+    resultfile.append_csv(path, [{"a": "1", "b": "2"}])
+    resultfile.append_csv(path, [{"a": "3", "b": "4"}])
+    resultfile.append_csv(path, [{"a": "5", "c": "6"}])
+    rows = resultfile.read_csv(path)
     assert [r["a"] for r in rows] == ["1", "3", "5"]
     assert rows[0]["c"] == "" and rows[2]["b"] == "" and rows[2]["c"] == "6"
 
 
 def test_machine_info_names_cpu_and_versions():
-    info = harness.machine_info("cpu")
+    info = hostinfo.machine_info("cpu")
     assert info["machine"].startswith("cpu-") and info["machine"].endswith("core")
     assert info["torch"] == torch.__version__ and info["cpu_model"] and info["commit"]
 
@@ -96,7 +100,7 @@ def _op_rows(rows, expected_backends):
     assert not bad, bad
     for r in rows:
         assert float(r["median_ms"]) > 0 and float(r["iqr_ms"]) >= 0
-        assert r["value"] != "" and r["machine"] == harness.machine_kind("cpu")
+        assert r["value"] != "" and r["machine"] == hostinfo.machine_kind("cpu")
         if r["backend"] == "torch":
             assert r["speedup_vs_torch"] == "1.000"
 
@@ -107,7 +111,7 @@ def test_op_benchmark_quick(script, tmp_path):
     rows = harness.run_op_main(mod.BENCHMARK, mod.cases("cpu", True), harness.op_args("", ["--quick", "--out-dir", str(tmp_path)]), None)
     expected = [b for b in mlkd_fast.available_backends() if b != "triton"]
     _op_rows(rows, expected)
-    on_disk = harness.read_csv(str(tmp_path / f"{mod.BENCHMARK.op}_{harness.machine_kind('cpu')}.csv"))
+    on_disk = resultfile.read_csv(str(tmp_path / f"{mod.BENCHMARK.op}_{hostinfo.machine_kind('cpu')}.csv"))
     assert len(on_disk) == len(rows) == len(mod.cases("cpu", True)) * len(expected) * 2
     measured = [r for r in rows if r.get("peak_mem_mb")]
     assert {r["backend"] for r in measured} == set(expected)  # one fresh-process probe per backend
@@ -137,8 +141,8 @@ def test_compile_rows_record_failures_instead_of_raising(tmp_path):
 
 def test_heads_latency_quick(tmp_path):
     mod = load("benchmark_heads_latency")
-    mod.main(["--quick", "--out-dir", str(tmp_path)])
-    rows = harness.read_csv(str(tmp_path / f"heads_latency_{harness.machine_kind('cpu')}.csv"))
+    assert mod.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    rows = resultfile.read_csv(str(tmp_path / f"heads_latency_{hostinfo.machine_kind('cpu')}.csv"))
     assert sorted(int(r["heads"]) for r in rows) == [3, 12]
     assert all(r["status"] == "ok" for r in rows)
     assert len({r["params"] for r in rows}) == 1  # the models differ only in how D is cut into heads
@@ -147,8 +151,8 @@ def test_heads_latency_quick(tmp_path):
 
 def test_e2e_quick(tmp_path):
     mod = load("benchmark_e2e")
-    mod.main(["--quick", "--out-dir", str(tmp_path), "--no-memory"])
-    rows = harness.read_csv(str(tmp_path / f"e2e_{harness.machine_kind('cpu')}.csv"))
+    assert mod.main(["--quick", "--out-dir", str(tmp_path), "--no-memory"]) == 0
+    rows = resultfile.read_csv(str(tmp_path / f"e2e_{hostinfo.machine_kind('cpu')}.csv"))
     assert sorted(r["stage"] for r in rows if r["backend"] == "torch") == ["1", "2"]
     fused = [r for r in rows if r["backend"] == "cpp"]
     assert len(fused) == 2
@@ -163,8 +167,18 @@ def test_e2e_quick(tmp_path):
 
 def test_plot_writes_pngs_and_summary(tmp_path):
     mod = load("benchmark_heads_latency")
-    mod.main(["--quick", "--out-dir", str(tmp_path)])
+    assert mod.main(["--quick", "--out-dir", str(tmp_path)]) == 0
     load("plot").main(["--dir", str(tmp_path)])
-    kind = harness.machine_kind("cpu")
+    kind = hostinfo.machine_kind("cpu")
     assert (tmp_path / f"heads_latency_{kind}.png").stat().st_size > 1000
     assert "heads vs latency" in (tmp_path / f"summary_{kind}.md").read_text()
+
+
+def test_a_failed_measurement_makes_the_exit_status_non_zero(capsys):
+    ok = {"op": "x", "backend": "cpp", "status": "ok"}
+    assert resultfile.exit_status([ok, dict(ok, status="ok; memory not measured: glibc's mmap threshold is not pinned")]) == 0
+    assert resultfile.exit_status([ok, dict(ok, backend="torch", status="error: RuntimeError: boom")]) == 1
+    assert "FAILED: op=x backend=torch: error: RuntimeError: boom" in capsys.readouterr().err
+    assert resultfile.exit_status([dict(ok, status="ok; memory error: RuntimeError: probe died")]) == 1
+    assert resultfile.exit_status([dict(ok, status="oom: CUDA out of memory")]) == 1
+    assert resultfile.exit_status([dict(ok, status="oom: CUDA out of memory")], allowed=("ok", "oom")) == 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlkd_fast import data, metrics
+from mlkd_fast import data
+from mlkd_fast.data import metrics
 from tiny_bert import tiny_tokenizer, write_mrpc, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""distill()/finetune() on tiny random BERTs: losses fall, fewer heads train, resume is exact,
+"""distill() on tiny random BERTs: losses fall, fewer heads train, resume is exact,
 the saved student reloads, and every bad input fails before training starts."""
 import os
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import mlkd_fast
-from mlkd_fast import DistillConfig, FinetuneConfig, build_student, checkpoint, distill, finetune
+from mlkd_fast import DistillConfig, build_student, distill
+from mlkd_fast.train import checkpoint
 from tiny_bert import tiny_bert, tiny_tokenizer, tokenized_dataset, write_mrpc, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,7 +121,7 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path, monkey
     real_save, calls = checkpoint.save_state, []
 
     def crashing_save(output_dir, state):
-        calls.append(state["position"]["global_step"])
+        calls.append(state["state"]["global_step"])
         if len(calls) == crash_at_save:
             raise Crash()  # the process dies here: this checkpoint is never written
         return real_save(output_dir, state)
@@ -130,7 +131,7 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path, monkey
         _run(tmp_path, "run")
     monkeypatch.setattr(checkpoint, "save_state", real_save)
     saved = checkpoint.load_state(str(tmp_path / "run"), "distill")
-    assert saved["position"]["global_step"] == calls[-2] < calls[-1]
+    assert saved["state"]["global_step"] == calls[-2] < calls[-1]
 
     res, student = _run(tmp_path, "run", resume=True)
     assert res.history == ref.history
@@ -140,33 +141,6 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path, monkey
 
     a = AutoModelForSequenceClassification.from_pretrained(ref.student_dir).state_dict()
     b = AutoModelForSequenceClassification.from_pretrained(res.student_dir).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_finetune_learns_and_resumes_exactly(tmp_path, monkeypatch):
-    train, dev = tokenized_dataset(16), tokenized_dataset(8, seed=4)
-    cfg = FinetuneConfig(epochs=3, batch_size=8, learning_rate=1e-3, checkpoint_every=1, device="cpu")
-    ref = finetune(tiny_bert(layers=2), train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "ref"), progress=False)
-    assert [h["epoch"] for h in ref.history] == [1, 2, 3] and ref.history[-1]["loss"] < ref.history[0]["loss"]
-    real_save, calls = checkpoint.save_state, []
-
-    def crashing_save(output_dir, state):
-        calls.append(1)
-        if len(calls) == 4:
-            raise Crash()
-        return real_save(output_dir, state)
-
-    monkeypatch.setattr(checkpoint, "save_state", crashing_save)
-    with pytest.raises(Crash):
-        finetune(tiny_bert(layers=2), train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "run"), progress=False)
-    monkeypatch.setattr(checkpoint, "save_state", real_save)
-    model = tiny_bert(layers=2)
-    res = finetune(model, train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "run"), resume=True, progress=False)
-    assert res.history == ref.history
-    from transformers import AutoModelForSequenceClassification
-
-    a = AutoModelForSequenceClassification.from_pretrained(ref.model_dir).state_dict()
-    b = AutoModelForSequenceClassification.from_pretrained(res.model_dir).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mlkd_fast.capture import capture_features
+from mlkd_fast.train.capture import capture_features
 from tiny_bert import tiny_bert, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

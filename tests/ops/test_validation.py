@@ -76,7 +76,7 @@ def test_soft_cross_entropy_bad_input():
 
 def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    from mlkd_fast import backends
+    from mlkd_fast.ops import backends
 
     if backends.triton_kernels() is None:
         with pytest.raises(RuntimeError, match="triton is not importable"):
@@ -87,7 +87,7 @@ def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
 
 
 def test_cpp_with_non_cpu_tensors_is_an_error():
-    from mlkd_fast import backends
+    from mlkd_fast.ops import backends
 
     t = r(1, 3, 4).to("meta")
     if "cpp" in mf.available_backends():

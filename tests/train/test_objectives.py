@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import mlkd_fast as mf
-from mlkd_fast import losses
-from mlkd_fast.features import Features
-from mlkd_fast.layer_map import resolve_layer_map, uniform_layer_map
+from mlkd_fast.train import objectives as losses
+from mlkd_fast.train.features import Features
+from mlkd_fast.train.layer_map import resolve_layer_map, uniform_layer_map
 
 
 def features(B, L, D, layers, C, seed):

@@ -1,0 +1,41 @@
+"""Fine-tuning (the teacher's task training): it learns, and a resumed run equals the uninterrupted one."""
+import pytest
+import torch
+
+from mlkd_fast import FinetuneConfig, finetune
+from mlkd_fast.train import checkpoint
+from tiny_bert import tiny_bert, tokenized_dataset, one_thread  # noqa: F401 (fixture)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Crash(Exception):
+    pass
+
+
+def test_finetune_learns_and_resumes_exactly(tmp_path, monkeypatch):
+    train, dev = tokenized_dataset(16), tokenized_dataset(8, seed=4)
+    cfg = FinetuneConfig(epochs=3, batch_size=8, learning_rate=1e-3, checkpoint_every=1, device="cpu")
+    ref = finetune(tiny_bert(layers=2), train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "ref"), progress=False)
+    assert [h["epoch"] for h in ref.history] == [1, 2, 3] and ref.history[-1]["loss"] < ref.history[0]["loss"]
+    real_save, calls = checkpoint.save_state, []
+
+    def crashing_save(output_dir, state):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Crash()
+        return real_save(output_dir, state)
+
+    monkeypatch.setattr(checkpoint, "save_state", crashing_save)
+    with pytest.raises(Crash):
+        finetune(tiny_bert(layers=2), train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "run"), progress=False)
+    monkeypatch.setattr(checkpoint, "save_state", real_save)
+    model = tiny_bert(layers=2)
+    res = finetune(model, train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "run"), resume=True, progress=False)
+    assert res.history == ref.history
+    from transformers import AutoModelForSequenceClassification
+
+    a = AutoModelForSequenceClassification.from_pretrained(ref.model_dir).state_dict()
+    b = AutoModelForSequenceClassification.from_pretrained(res.model_dir).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
