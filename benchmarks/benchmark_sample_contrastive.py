@@ -49,6 +49,7 @@ BENCHMARK = harness.OpBenchmark(
     reference=reference_call,
     grad_names=("student",),
     script=os.path.abspath(__file__),
+    compile_groups=("B",),
 )
 
 
@@ -69,9 +70,7 @@ def cases(device: str, quick: bool):
 
 
 def main(argv=None):
-    args = harness.op_args(__doc__, argv)
-    rows = harness.run_op_main(BENCHMARK, cases(args.device, args.quick), args, compile_groups=("B",))
-    return harness.exit_status(rows)  # non-zero when a measurement failed
+    return harness.op_script_main(BENCHMARK, cases, __doc__, argv)
 
 
 if __name__ == "__main__":

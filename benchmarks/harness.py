@@ -57,6 +57,7 @@ class OpBenchmark:
     reference: Callable[..., torch.Tensor]
     grad_names: Sequence[str]
     script: str
+    compile_groups: Optional[Sequence[str]] = None  # sweep groups that also time torch.compile (None: all)
 
 
 def make_step(bench: OpBenchmark, inputs: Dict, backend: str, mode: str, compiled=None) -> Callable[[], torch.Tensor]:
@@ -233,3 +234,11 @@ def run_op_main(bench: OpBenchmark, all_cases: Sequence[OpCase], args, compile_g
         min_time_s=0.0 if args.quick else 1.0,
         out_csv=out,
     )
+
+
+def op_script_main(bench: OpBenchmark, cases: Callable[[str, bool], Sequence[OpCase]], doc: str, argv=None) -> int:
+    """The whole main() of a benchmark_<op>.py script: arguments, the run, and the exit status
+    (non-zero when a measurement failed; the failed rows stay in the CSV)."""
+    args = op_args(doc, argv)
+    rows = run_op_main(bench, cases(args.device, args.quick), args, compile_groups=bench.compile_groups)
+    return exit_status(rows)

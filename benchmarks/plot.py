@@ -47,6 +47,16 @@ def ok(r) -> bool:
     return r.get("status", "").startswith("ok") and r.get("median_ms", "") != ""
 
 
+def save(plt, fig, png: str, title=None) -> bool:
+    """Title, lay out, write the PNG and free the figure; True (a plot was made)."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_op(plt, op: str, rows, png: str, machine: str) -> bool:
     group, xcol, xlabel = OPS[op]
     rows = [r for r in latest(rows, SHAPE_KEYS) if r["group"] == group and r.get("dtype") == "fp32" and ok(r)]
@@ -77,11 +87,7 @@ def plot_op(plt, op: str, rows, png: str, machine: str) -> bool:
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_lines():
             ax.legend()
-    fig.suptitle(f"{op} on {machine}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return True
+    return save(plt, fig, png, f"{op} on {machine}")
 
 
 def plot_heads(plt, rows, png: str, machine: str) -> bool:
@@ -115,11 +121,7 @@ def plot_heads(plt, rows, png: str, machine: str) -> bool:
             ax.legend(fontsize=8, loc="lower right")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"student inference latency vs heads on {machine}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return True
+    return save(plt, fig, png, f"student inference latency vs heads on {machine}")
 
 
 def plot_e2e(plt, rows, png: str, machine: str) -> bool:
@@ -142,10 +144,7 @@ def plot_e2e(plt, rows, png: str, machine: str) -> bool:
     ax.set_ylabel("median phase time (ms)")
     ax.set_title(f"MLKD training step, reference vs fused backend, on {machine}", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return True
+    return save(plt, fig, png)
 
 
 # ----------------------------------------------------------------------------- tables

@@ -7,8 +7,7 @@ regular (heads cut into 16..64-wide chunks, L from 1 to tens of thousands).
 
 All scores inside the kernels are kept in base-2 units (natural logit times
 log2(e)) so that the softmaxes use exp2/log2, the fast hardware functions;
-results are converted back to natural units (times ln 2 = 0.6931471805599453,
-written as a literal inside the kernels) before they leave a kernel.
+results are converted back to natural units (times LN2) before they leave a kernel.
 """
 from __future__ import annotations
 
@@ -20,7 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634  # natural logits -> base-2 units (host side, folded into the score scale)
+LN2 = tl.constexpr(0.6931471805599453)  # base-2 units -> nats (inside the kernels)
+# Running maxima start here instead of -inf so that a tile whose keys are all
+# masked gives exp2(-inf - NEG_INIT) = 0 and never exp2(-inf + inf) = nan.
+NEG_INIT = tl.constexpr(-1.0e30)
 
 # tl.dot needs every tile dimension >= 16; head widths are padded up to a power
 # of two >= 16 and processed in chunks of at most MAX_BLOCK_D columns so that

@@ -33,19 +33,18 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from mlkd_fast.kernels._common import (
-    LOG2E,
-    check_dtypes,
-    dot_flags,
-    head_tiling,
-    load_rows,
-    relation_blocks,
-    tile_scores,
-)
+from mlkd_fast.kernels._common import LN2, LOG2E, NEG_INIT, check_dtypes, device_function, dot_flags
+from mlkd_fast.kernels._common import head_tiling, load_rows, relation_blocks, tile_scores
 
-# Running maxima start here instead of -inf so that a tile whose keys are all
-# masked gives exp2(-inf - NEG) = 0 and never exp2(-inf + inf) = nan.
-NEG_INIT = tl.constexpr(-1.0e30)
+
+@device_function
+def split_bases(t_ptr, s_ptr, pid_ba, A, dt, ds, st_b, st_d, ss_b, ss_d):
+    """Program (b, split a) of a (B * A)-wide grid: b, a and the addresses of its split in both inputs."""
+    b = pid_ba // A
+    a = pid_ba % A
+    t_base = t_ptr + b.to(tl.int64) * st_b + (a * dt).to(tl.int64) * st_d
+    s_base = s_ptr + b.to(tl.int64) * ss_b + (a * ds).to(tl.int64) * ss_d
+    return b, a, t_base, s_base
 
 
 @triton.jit
@@ -61,10 +60,7 @@ def _relation_kl_fwd(
 ):
     pid_ba = tl.program_id(0)
     pid_m = tl.program_id(1)
-    b = pid_ba // A
-    a = pid_ba % A
-    t_base = t_ptr + b.to(tl.int64) * st_b + (a * dt).to(tl.int64) * st_d
-    s_base = s_ptr + b.to(tl.int64) * ss_b + (a * ds).to(tl.int64) * ss_d
+    b, a, t_base, s_base = split_bases(t_ptr, s_ptr, pid_ba, A, dt, ds, st_b, st_d, ss_b, ss_d)
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < L
@@ -105,7 +101,7 @@ def _relation_kl_fwd(
 
     lse_t = m_t + tl.log2(l_t)
     lse_s = m_s + tl.log2(l_s)
-    kl = (acc / l_t - tl.log2(l_t) + tl.log2(l_s)) * 0.6931471805599453  # base-2 units -> nats
+    kl = (acc / l_t - tl.log2(l_t) + tl.log2(l_s)) * LN2  # base-2 units -> nats
     out = pid_ba.to(tl.int64) * L + rows
     tl.store(kl_ptr + out, kl, mask=row_ok)
     tl.store(lse_t_ptr + out, lse_t, mask=row_ok)
@@ -127,10 +123,7 @@ def _relation_kl_bwd(
     pid_ba = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_o = tl.program_id(2)
-    b = pid_ba // A
-    a = pid_ba % A
-    t_base = t_ptr + b.to(tl.int64) * st_b + (a * dt).to(tl.int64) * st_d
-    s_base = s_ptr + b.to(tl.int64) * ss_b + (a * ds).to(tl.int64) * ss_d
+    b, a, t_base, s_base = split_bases(t_ptr, s_ptr, pid_ba, A, dt, ds, st_b, st_d, ss_b, ss_d)
     if OUT_TEACHER:
         o_base = t_base
         so_l = st_l
@@ -180,8 +173,8 @@ def _relation_kl_bwd(
         p2 = tl.exp2(lp2)
         if OUT_TEACHER:
             kl_c = tl.load(kl_ptr + stat + cols, mask=col_ok, other=0.0)
-            h1 = w_r[:, None] * p1 * ((lp1 - lq1) * 0.6931471805599453 - kl_r[:, None])
-            h2 = w_c[None, :] * p2 * ((lp2 - lq2) * 0.6931471805599453 - kl_c[None, :])
+            h1 = w_r[:, None] * p1 * ((lp1 - lq1) * LN2 - kl_r[:, None])
+            h2 = w_c[None, :] * p2 * ((lp2 - lq2) * LN2 - kl_c[None, :])
         else:
             h1 = (tl.exp2(lq1) - p1) * w_r[:, None]
             h2 = (tl.exp2(lq2) - p2) * w_c[None, :]

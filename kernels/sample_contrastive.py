@@ -26,17 +26,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from mlkd_fast.kernels._common import (
-    LOG2E,
-    check_dtypes,
-    dot_flags,
-    head_tiling,
-    load_rows,
-    relation_blocks,
-    tile_scores,
-)
-
-NEG_INIT = tl.constexpr(-1.0e30)  # running max start: exp2(-inf - NEG_INIT) = 0, never nan
+from mlkd_fast.kernels._common import LN2, LOG2E, NEG_INIT, check_dtypes, dot_flags
+from mlkd_fast.kernels._common import head_tiling, load_rows, relation_blocks, tile_scores
 
 
 @triton.jit
@@ -72,7 +63,7 @@ def _contrastive_fwd(
 
     lse = m + tl.log2(l)
     # Every anchor has at least one positive (its other view); rows past N are not stored.
-    loss = (lse - pos_sum / tl.maximum(pos_cnt, 1.0)) * 0.6931471805599453
+    loss = (lse - pos_sum / tl.maximum(pos_cnt, 1.0)) * LN2
     tl.store(loss_ptr + rows, loss, mask=row_ok)
     tl.store(lse_ptr + rows, lse, mask=row_ok)
     tl.store(cnt_ptr + rows, pos_cnt, mask=row_ok)

@@ -105,6 +105,15 @@ def _file_settings(args) -> Dict[str, Any]:
     return data
 
 
+def _section(file: Dict[str, Any], name: str, known=None) -> Dict[str, Any]:
+    """A section of the config file (empty when absent); with `known`, unknown keys are an error."""
+    section = dict(file.get(name, {}))
+    unknown = sorted(set(section) - set(known)) if known is not None else []
+    if unknown:
+        raise ValueError(f"config '{name}' section: unknown key(s) {unknown}; known: {list(known)}")
+    return section
+
+
 def _pick(args, file: Dict[str, Any], key: str, default=None):
     value = getattr(args, key, None)
     return value if value is not None else file.get(key, default)
@@ -173,7 +182,7 @@ def cmd_finetune(args) -> int:
     file = _file_settings(args)
     task = _require_task(args, file)
     spec = get_task(task)
-    cfg = _train_config(FinetuneConfig, args, file.get("finetune", {}), dict(COMMON_FLAGS, epochs="epochs"))
+    cfg = _train_config(FinetuneConfig, args, _section(file, "finetune"), dict(COMMON_FLAGS, epochs="epochs"))
     train, dev = _load_data(args, file, task, need_train=True)
     model_dir = args.model or pretrained_teacher_dir()
     import torch
@@ -182,57 +191,56 @@ def cmd_finetune(args) -> int:
     model, tokenizer = load_for_task(model_dir, spec.num_labels)
     result = finetune(model, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir, tokenizer=tokenizer,
                       resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    _print_history(result.history)
-    print(f"fine-tuned teacher: {result.model_dir}" + (f" (best dev {result.metric} = {result.best_metric:.4f})" if result.metric else ""))
-    return 0
+    return _report(result, "fine-tuned teacher", result.model_dir)
 
 
-def cmd_distill(args) -> int:
+def _student(args, file, teacher, cfg, num_labels: int):
+    """The student: loaded from --student DIR, or built from the teacher in the shape the flags/file give."""
     import torch
 
-    from mlkd_fast.data import get_task
-    from mlkd_fast.train.distill import distill
     from mlkd_fast.train.models import load_for_task
     from mlkd_fast.train.student import build_student
 
+    spec = _section(file, "student", STUDENT_KEYS)
+    for flag, key in (("student_layers", "num_layers"), ("student_heads", "num_heads"), ("student_hidden", "hidden_size"),
+                      ("student_intermediate", "intermediate_size"), ("init", "init")):
+        if getattr(args, flag) is not None:
+            spec[key] = getattr(args, flag)
+    if args.student:
+        if spec:
+            raise ValueError("give either --student DIR or the student's shape (--student-layers, ...), not both")
+        return load_for_task(args.student, num_labels, require_head=True, role="--student")[0]
+    if "num_layers" not in spec:
+        raise ValueError("--student-layers is required (or --student DIR)")
+    torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
+    return build_student(teacher, layer_map=cfg.layer_map, **spec)
+
+
+def cmd_distill(args) -> int:
+    from mlkd_fast.data import get_task
+    from mlkd_fast.train.distill import distill
+    from mlkd_fast.train.models import load_for_task
+
     file = _file_settings(args)
     task = _require_task(args, file)
-    section = dict(file.get("distill", {}))
+    section = _section(file, "distill")
     if args.layer_map is not None:
         section["layer_map"] = args.layer_map
     cfg = _train_config(
         DistillConfig, args, section,
         dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits"),
     )
-    student_spec = dict(file.get("student", {}))
-    unknown = sorted(set(student_spec) - set(STUDENT_KEYS))
-    if unknown:
-        raise ValueError(f"config 'student' section: unknown key(s) {unknown}; known: {list(STUDENT_KEYS)}")
-    for flag, key in (("student_layers", "num_layers"), ("student_heads", "num_heads"), ("student_hidden", "hidden_size"),
-                      ("student_intermediate", "intermediate_size"), ("init", "init")):
-        if getattr(args, flag) is not None:
-            student_spec[key] = getattr(args, flag)
     stages = tuple(args.stages) if args.stages else tuple(file.get("stages", (1, 2)))
     num_labels = get_task(task).num_labels
     if not os.path.isdir(args.teacher):
         raise ValueError(f"--teacher directory {args.teacher!r} does not exist")
     train, dev = _load_data(args, file, task, need_train=True)
     teacher, tokenizer = load_for_task(args.teacher, num_labels, require_head=True, role="--teacher")
-    if args.student:
-        if student_spec:
-            raise ValueError("give either --student DIR or the student's shape (--student-layers, ...), not both")
-        student, _ = load_for_task(args.student, num_labels, require_head=True, role="--student")
-    else:
-        if "num_layers" not in student_spec:
-            raise ValueError("--student-layers is required (or --student DIR)")
-        torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
-        student = build_student(teacher, layer_map=cfg.layer_map, **student_spec)
+    student = _student(args, file, teacher, cfg, num_labels)
     result = distill(teacher, student, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir,
                      stages=stages, backend=args.backend, resume=args.resume, overwrite=args.overwrite,
                      tokenizer=tokenizer, progress=not args.no_progress)
-    _print_history(result.history)
-    print(f"student: {result.student_dir}" + (f" (best dev {result.metric} = {result.best_metric:.4f})" if result.metric else ""))
-    return 0
+    return _report(result, "student", result.student_dir)
 
 
 def cmd_evaluate(args) -> int:
@@ -242,10 +250,7 @@ def cmd_evaluate(args) -> int:
 
     file = _file_settings(args)
     task = _require_task(args, file)
-    section = dict(file.get("evaluate", {}))
-    unknown = sorted(set(section) - set(EVALUATE_KEYS))
-    if unknown:
-        raise ValueError(f"config 'evaluate' section: unknown key(s) {unknown}; known: {list(EVALUATE_KEYS)}")
+    section = _section(file, "evaluate", EVALUATE_KEYS)
     opts = {k: getattr(args, k, None) if getattr(args, k, None) is not None else section.get(k) for k in EVALUATE_KEYS}
     for m in args.model:
         if not os.path.isdir(m):
@@ -261,6 +266,12 @@ def cmd_evaluate(args) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"task": task, "threads": torch.get_num_threads(), "results": rows}, f, indent=2)
+    return 0
+
+
+def _report(result, what: str, path: str) -> int:
+    _print_history(result.history)
+    print(f"{what}: {path}" + (f" (best dev {result.metric} = {result.best_metric:.4f})" if result.metric else ""))
     return 0
 
 

@@ -12,13 +12,12 @@ checkpoint of the last stage is kept (save_pretrained + tokenizer).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
 from mlkd_fast.data.batching import Collator, num_batches
-from mlkd_fast.data.metrics import main_metric
 from mlkd_fast.data.prepare import prepare_splits
 from mlkd_fast.data.tasks import get_task
 from mlkd_fast.ops import backends
@@ -26,18 +25,15 @@ from mlkd_fast.train import checkpoint
 from mlkd_fast.train.capture import capture_features, encoder_layers
 from mlkd_fast.train.config import DistillConfig, config_to_dict
 from mlkd_fast.train.layer_map import resolve_layer_map
-from mlkd_fast.train.loop import Phase, Run, run_phases
+from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import as_model, check_classifier, pad_id, resolve_device
 from mlkd_fast.train.objectives import DistillProjections, LossContext, stage_loss, stage_weights
 from mlkd_fast.train.optim import constant_schedule, linear_schedule, make_optimizer, optimized_params
 
 
 @dataclass
-class DistillResult:
-    student_dir: str  # the kept student: AutoModelForSequenceClassification.from_pretrained(student_dir)
-    history: List[Dict] = field(default_factory=list)  # one dict per epoch: stage, epoch, mean loss terms, dev metrics
-    best_metric: Optional[float] = None  # dev value of `metric` for the kept student (None without eval data)
-    metric: Optional[str] = None
+class DistillResult(RunResult):
+    student_dir: str = ""  # the kept student: AutoModelForSequenceClassification.from_pretrained(student_dir)
 
 
 def distill(
@@ -85,23 +81,16 @@ def distill(
     student.to(device)
     projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map)).to(device)
     regression = num_labels == 1
-    run = Run(
-        kind="distill", output_dir=output_dir, settings=settings, model=student,
-        model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
-        metric=main_metric(spec, regression) if dev is not None else None,
-        collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
-        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
-        max_grad_norm=cfg.max_grad_norm, checkpoint_every=cfg.checkpoint_every, tokenizer=tokenizer,
-        progress=progress, extra_modules={"projections": projections},
-    )
+    run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,
+              model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
+              collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
+              tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections})
     context = dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
                    sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
                    kd_temperature=cfg.kd_temperature, backend=backend)
     phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
               for s in stages]
-    state = run_phases(run, phases, saved)
-    best = state.best["value"] if state.best else None
-    return DistillResult(student_dir=run.model_dir, history=state.history, best_metric=best, metric=run.metric)
+    return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
 
 def _stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir) -> Phase:

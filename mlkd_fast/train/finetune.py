@@ -8,28 +8,24 @@ loop (train/loop.py), so checkpoints and resume work as in distillation.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch.nn.functional as F
 
 from mlkd_fast.data.batching import Collator, num_batches
-from mlkd_fast.data.metrics import main_metric
 from mlkd_fast.data.prepare import prepare_splits
 from mlkd_fast.data.tasks import get_task
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.config import FinetuneConfig, config_to_dict
-from mlkd_fast.train.loop import Phase, Run, run_phases
+from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import check_classifier, pad_id, resolve_device
 from mlkd_fast.train.optim import linear_schedule, make_optimizer
 
 
 @dataclass
-class FinetuneResult:
-    model_dir: str  # the kept model: AutoModelForSequenceClassification.from_pretrained(model_dir)
-    history: List[Dict] = field(default_factory=list)  # one dict per epoch: mean loss, dev metrics
-    best_metric: Optional[float] = None
-    metric: Optional[str] = None
+class FinetuneResult(RunResult):
+    model_dir: str = ""  # the kept model: AutoModelForSequenceClassification.from_pretrained(model_dir)
 
 
 def finetune(
@@ -60,15 +56,10 @@ def finetune(
 
     checkpoint.seed_everything(cfg.seed)
     model.to(device)
-    run = Run(
-        kind="finetune", output_dir=output_dir, settings=settings, model=model,
-        model_dir=os.path.join(output_dir, "model"), train=train, dev=dev, task=spec,
-        metric=main_metric(spec, regression) if dev is not None else None,
-        collate=Collator(pad_id(model, tokenizer), regression=regression), device=device,
-        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
-        max_grad_norm=cfg.max_grad_norm, checkpoint_every=cfg.checkpoint_every, tokenizer=tokenizer,
-        progress=progress,
-    )
+    run = Run(kind="finetune", config=cfg, output_dir=output_dir, settings=settings, model=model,
+              model_dir=os.path.join(output_dir, "model"), train=train, dev=dev, task=spec,
+              collate=Collator(pad_id(model, tokenizer), regression=regression), device=device,
+              tokenizer=tokenizer, progress=progress)
 
     def step(batch):
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
@@ -81,9 +72,7 @@ def finetune(
     phase = Phase(stage=0, label="finetune", epochs=cfg.epochs, step=step, optimizer=optimizer,
                   scheduler=linear_schedule(optimizer, total_steps, cfg.warmup_proportion),
                   clip_params=list(model.parameters()))
-    state = run_phases(run, [phase], saved)
-    best = state.best["value"] if state.best else None
-    return FinetuneResult(model_dir=run.model_dir, history=state.history, best_metric=best, metric=run.metric)
+    return FinetuneResult.of(run, run_phases(run, [phase], saved), model_dir=run.model_dir)
 
 
 __all__ = ["finetune", "FinetuneResult"]

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from mlkd_fast.data.batching import Collator, batches, epoch_order, num_batches
+from mlkd_fast.data.metrics import main_metric
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.evaluate import evaluate_model
 from mlkd_fast.train.logs import MetricLogger, progress_bar
@@ -87,6 +88,7 @@ class Run:
     """What every phase of one run shares: the model being trained and kept, data, evaluation, output."""
 
     kind: str  # "finetune" or "distill": the checkpoint's kind
+    config: Any  # FinetuneConfig or DistillConfig: batch sizes, seed, clipping, checkpoint interval
     output_dir: str
     settings: Dict[str, Any]  # what defines the run (checked on resume)
     model: nn.Module  # trained, evaluated after each epoch, kept as the best
@@ -94,17 +96,30 @@ class Run:
     train: Any  # tokenised datasets.Dataset
     dev: Any  # tokenised datasets.Dataset or None
     task: Any  # TaskSpec or None
-    metric: Optional[str]  # model-selection metric (None without dev data)
-    collate: Collator
+    collate: Collator  # pads batches; knows the pad id and whether labels are scores
     device: torch.device
-    batch_size: int
-    eval_batch_size: int
-    seed: int
-    max_grad_norm: float
-    checkpoint_every: int
     tokenizer: Any = None
     progress: bool = True
     extra_modules: Dict[str, nn.Module] = field(default_factory=dict)  # trained beside the model (projections)
+
+    @property
+    def metric(self) -> Optional[str]:
+        """The dev metric that picks the kept model (None without dev data)."""
+        return main_metric(self.task, self.collate.regression) if self.dev is not None else None
+
+
+@dataclass
+class RunResult:
+    """What a trainer path returns: the epoch history and the kept model's dev score."""
+
+    history: List[Dict] = field(default_factory=list)  # one dict per epoch: [stage,] epoch, mean loss terms, dev metrics
+    best_metric: Optional[float] = None  # dev value of `metric` for the kept model (None without dev data)
+    metric: Optional[str] = None
+
+    @classmethod
+    def of(cls, run: Run, state: RunState, **where):
+        best = state.best["value"] if state.best else None
+        return cls(history=state.history, best_metric=best, metric=run.metric, **where)
 
 
 def run_phases(run: Run, phases: Sequence[Phase], saved: Optional[Dict[str, Any]]) -> RunState:
@@ -139,17 +154,18 @@ def run_phases(run: Run, phases: Sequence[Phase], saved: Optional[Dict[str, Any]
 
 
 def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger) -> None:
-    order = epoch_order(len(run.train), run.seed, phase.stage * 100_000 + epoch)
-    total = num_batches(len(run.train), run.batch_size)
+    cfg = run.config
+    order = epoch_order(len(run.train), cfg.seed, phase.stage * 100_000 + epoch)
+    total = num_batches(len(run.train), cfg.batch_size)
     bar = progress_bar(total, state.step, f"{phase.label} epoch {epoch + 1}/{phase.epochs}", run.progress)
     run.model.train()
-    for batch in batches(run.train, order, run.batch_size, run.collate, start=state.step):
+    for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         loss, terms = phase.step(batch)
         phase.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if run.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(phase.clip_params, run.max_grad_norm)
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(phase.clip_params, cfg.max_grad_norm)
         phase.optimizer.step()
         phase.scheduler.step()
 
@@ -159,7 +175,7 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
         bar.update(1)
         logger.log({"kind": "train", **_where(phase, epoch), "step": state.global_step,
                     "lr": phase.scheduler.get_last_lr()[0], **terms}, step=state.global_step)
-        if run.checkpoint_every and state.global_step % run.checkpoint_every == 0:
+        if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
             _save_state(run, phase, state)
     bar.close()
 
@@ -168,7 +184,7 @@ def _end_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Metr
     """Dev metrics, the epoch's history record, the best model, and a checkpoint."""
     record = {**_where(phase, epoch), "steps": state.count, **state.epoch_means()}
     if run.dev is not None:
-        record["metrics"] = evaluate_model(run.model, run.dev, run.task, run.eval_batch_size, run.device,
+        record["metrics"] = evaluate_model(run.model, run.dev, run.task, run.config.eval_batch_size, run.device,
                                            run.collate.pad_token_id)
     state.history.append(record)
     logger.log(dict(record, kind="epoch"), step=state.global_step)
@@ -196,4 +212,4 @@ def _save_state(run: Run, phase: Phase, state: RunState) -> None:
     })
 
 
-__all__ = ["RunState", "Phase", "Run", "run_phases"]
+__all__ = ["RunState", "Phase", "Run", "RunResult", "run_phases"]
