@@ -3,7 +3,7 @@
     python benchmarks/benchmark_heads_latency.py            # default: CPU, L=128, batch 1/8/32
     python benchmarks/benchmark_heads_latency.py --quick    # seconds (CI)
 
-MLKD's L_MHA lets the student have any head count (METHOD.md); the paper
+MLKD's L_MHA lets the student have any head count (docs/method.md); the paper
 claims fewer heads cut inference time. This measures it: for each student
 shape, one set of random weights is loaded into BertForSequenceClassification
 models with 12, 6, 4, 3, 2 and 1 heads (the Q/K/V/O matrices are the same

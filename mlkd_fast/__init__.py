@@ -15,6 +15,7 @@ from mlkd_fast.train.config import DistillConfig, FinetuneConfig
 from mlkd_fast.train.distill import DistillResult, distill
 from mlkd_fast.train.evaluate import evaluate
 from mlkd_fast.train.finetune import FinetuneResult, finetune
+from mlkd_fast.train.models import load_for_task, pretrained_teacher_dir
 from mlkd_fast.train.student import build_student
 
 __version__ = "0.1.0"
@@ -30,6 +31,8 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "load_split",
+    "load_for_task",
+    "pretrained_teacher_dir",
     "available_backends",
     "relation_kl",
     "sample_relation_kl",

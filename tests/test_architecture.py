@@ -136,3 +136,20 @@ def test_the_checks_see_violations(tmp_path):
         for name in fake:
             if (MODULES.get(name) or "").startswith(str(tmp_path)):
                 del MODULES[name]
+
+
+def test_every_cited_doc_is_in_the_repository():
+    """Comments cite docs/<name>.md; each must exist (the project's own docs, not outside input)."""
+    import re
+
+    repo = os.path.dirname(ROOT)
+    missing = set()
+    for top in ("mlkd_fast", "kernels", "csrc", "benchmarks", "tests", "configs"):
+        for folder, _, files in os.walk(os.path.join(repo, top)):
+            for f in files:
+                if f.endswith((".py", ".h", ".cpp", ".inc", ".yaml", ".sh")):
+                    text = open(os.path.join(folder, f), encoding="utf-8").read()
+                    missing.update(d for d in re.findall(r"docs/[\w-]+\.md", text) if not os.path.isfile(os.path.join(repo, d)))
+                    outside = [n for n in ("METHOD", "KERNELS", "ENVIRONMENT") if f"{n}.md" in text]
+                    assert f == "test_architecture.py" or not outside, f"{f} cites {outside}: documents outside the repository"
+    assert not missing, f"cited but missing: {sorted(missing)}"

@@ -13,7 +13,7 @@ class TaskSpec:
     text_columns: Tuple[str, ...]  # header names of the text columns in the GLUE TSV
     label_column: str  # header name of the label column in the GLUE TSV
     hub_text_columns: Tuple[str, ...]  # column names in the `datasets` hub version
-    metric: str  # the task's main metric (model selection, METHOD.md's table)
+    metric: str  # the task's main metric (model selection, as the paper reports it)
     dev_split: str = "dev"
     header: bool = True  # CoLA's train/dev files have no header (as released by GLUE)
     positional: Optional[Tuple[int, ...]] = None  # for header-less files: text columns..., label column

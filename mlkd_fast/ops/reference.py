@@ -1,4 +1,4 @@
-"""The eager PyTorch reference ("torch" backend): METHOD.md in executable form.
+"""The eager PyTorch reference ("torch" backend): docs/method.md in executable form.
 
 Everything here materialises the full similarity matrices, which is exactly
 what the fused backends avoid; these functions are the specification the

@@ -17,7 +17,7 @@ from mlkd_fast.ops import reference
 
 
 def relation_kl(teacher, student, splits, mask=None, *, backend: str = "auto") -> torch.Tensor:
-    """Relation KL of METHOD.md's rel(): L_EMB (splits=1) and L_MHA (splits=A) for one layer pair.
+    """Relation KL of rel() (docs/method.md): L_EMB (splits=1) and L_MHA (splits=A) for one layer pair.
 
     Returns a 0-dim tensor (float32; float64 for float64 inputs). Zero valid
     rows give 0.0. Differentiable w.r.t. student, and teacher when it requires grad.

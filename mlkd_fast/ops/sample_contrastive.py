@@ -1,4 +1,4 @@
-"""sample_contrastive: L_SC, the supervised two-view contrastive loss (METHOD.md, stage 2)."""
+"""sample_contrastive: L_SC, the supervised two-view contrastive loss (docs/method.md, stage 2)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Which teacher layer each student layer learns from (METHOD.md, "Layer map")."""
+"""Which teacher layer each student layer learns from (docs/method.md, "Notation")."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple

@@ -2,7 +2,7 @@
 
 The student may have any number of attention heads that divides its hidden
 size: MLKD's L_MHA compares MHA outputs split into A "MHA-splits", independent
-of the head counts (METHOD.md). With init="teacher" the student's embeddings,
+of the head counts (docs/method.md). With init="teacher" the student's embeddings,
 pooler, classifier and layer n are copied from the teacher (layer n from
 teacher layer m(n) of the layer map). That needs the same widths; the head
 count may differ, since the Q/K/V/O matrices are the same D x D matrices, only

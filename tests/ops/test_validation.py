@@ -1,4 +1,4 @@
-"""Every bad input listed in KERNELS.md raises the documented error, naming the argument."""
+"""Every bad input of the op contract (docs/kernels.md) raises the documented error, naming the argument."""
 import pytest
 import torch
 
