@@ -48,7 +48,8 @@ def test_cola_without_header_sts_b_scores_and_rte_string_labels(tmp_path):
 
 
 def test_real_glue_files_parse_when_present():
-    glue = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    glue = os.path.join(os.path.dirname(repo), "shared", "data", "glue")  # ../shared beside the checkout
     if not os.path.isdir(glue):
         pytest.skip("../shared/data/glue is not present")
     for task, n in (("mrpc", 408), ("cola", 1043), ("sts-b", 1500), ("rte", 277), ("sst-2", 872), ("qnli", 5463)):
