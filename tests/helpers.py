@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from mlkd_fast.ops import backends, reference
+from mlkd_fast.ops import backends
 
 FP64, FP32, FP16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 INTERPRETER = backends.triton_interpreter()

@@ -70,7 +70,6 @@ def build_student(
     if hasattr(cfg, "head_dim"):
         cfg.head_dim = hidden // num_heads
     student = type(teacher)(cfg)
-
     if init == "random":
         return student
     if hidden != tcfg.hidden_size or inter != tcfg.intermediate_size:
@@ -80,10 +79,18 @@ def build_student(
             "narrower student"
         )
     mapping = resolve_layer_map(layer_map, tcfg.num_hidden_layers, num_layers)
-    t_state = teacher.state_dict()
+    student.load_state_dict(_teacher_weights(teacher, student, mapping), strict=True)
+    return student
+
+
+def _teacher_weights(teacher: nn.Module, student: nn.Module, mapping) -> dict:
+    """The student's state dict cut from the teacher's: student layer n <- teacher layer mapping[n-1], the rest as is.
+
+    Strict: every student weight must come from the teacher and every copied tensor must fit.
+    """
     layer_key = _layer_prefix(teacher)
     state = {}
-    for key, value in t_state.items():
+    for key, value in teacher.state_dict().items():
         if key.startswith(layer_key):
             idx, rest = key[len(layer_key) :].split(".", 1)
             for n, m in enumerate(mapping):
@@ -91,7 +98,6 @@ def build_student(
                     state[f"{layer_key}{n}.{rest}"] = value.clone()
         else:
             state[key] = value.clone()
-    # strict: every student weight must come from the teacher and every copied tensor must fit
     s_state = student.state_dict()
     missing = sorted(set(s_state) - set(state))
     unexpected = sorted(set(state) - set(s_state))
@@ -101,8 +107,7 @@ def build_student(
             f"cannot copy the teacher into the student: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatch {wrong[:5]}"
         )
-    student.load_state_dict(state, strict=True)
-    return student
+    return state
 
 
 def _layer_prefix(model: nn.Module) -> str:
