@@ -9,7 +9,13 @@ Floors, each importing only the ones below it (tests/test_architecture.py checks
 `import mlkd_fast` does not load transformers or datasets; they load on first use.
 """
 from mlkd_fast.data.glue import load_split
-from mlkd_fast.ops import available_backends, relation_kl, sample_contrastive, sample_relation_kl, soft_cross_entropy
+from mlkd_fast.ops import (
+    available_backends,
+    relation_kl,
+    sample_contrastive,
+    sample_relation_kl,
+    soft_cross_entropy,
+)
 from mlkd_fast.train.capture import capture_features
 from mlkd_fast.train.config import DistillConfig, FinetuneConfig
 from mlkd_fast.train.distill import DistillResult, distill

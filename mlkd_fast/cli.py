@@ -9,12 +9,18 @@ and the command-line flags. Errors in the input are reported as
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from mlkd_fast.train.config import DistillConfig, FinetuneConfig, config_from_dict, load_config_file
+from mlkd_fast.errors import InputError, MLKDError, RunInterrupted
+from mlkd_fast.train.checkpoint import save_json
+from mlkd_fast.train.config import (
+    DistillConfig,
+    FinetuneConfig,
+    config_from_dict,
+    load_config_file,
+)
 
 STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init")
 EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
@@ -54,6 +60,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlkd-fast", description="MLKD-BERT distillation: fine-tune a teacher, distil a student, evaluate.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ft = sub.add_parser("finetune", help="fine-tune a pretrained encoder on a task (the teacher)")
@@ -101,16 +108,19 @@ def _file_settings(args) -> Dict[str, Any]:
     data = load_config_file(args.config)
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
-        raise ValueError(f"config file {args.config!r}: unknown key(s) {unknown}; known: {list(TOP_KEYS)}")
+        raise InputError(f"config file {args.config!r}: unknown key(s) {unknown}; known: {list(TOP_KEYS)}")
     return data
 
 
 def _section(file: Dict[str, Any], name: str, known=None) -> Dict[str, Any]:
     """A section of the config file (empty when absent); with `known`, unknown keys are an error."""
-    section = dict(file.get(name, {}))
+    section = file.get(name, {})
+    if not isinstance(section, dict):
+        raise InputError(f"config '{name}' section must be a mapping of key: value, got {type(section).__name__} ({section!r})")
+    section = dict(section)
     unknown = sorted(set(section) - set(known)) if known is not None else []
     if unknown:
-        raise ValueError(f"config '{name}' section: unknown key(s) {unknown}; known: {list(known)}")
+        raise InputError(f"config '{name}' section: unknown key(s) {unknown}; known: {list(known)}")
     return section
 
 
@@ -148,7 +158,7 @@ def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
     hub = _pick(args, file, "hf_dataset")
     given = [x for x in (data_dir, train_file or dev_file, hub) if x]
     if len(given) != 1:
-        raise ValueError("give exactly one data source: --data-dir DIR, --train-file/--dev-file FILES, or --hf-dataset NAME")
+        raise InputError("give exactly one data source: --data-dir DIR, --train-file/--dev-file FILES, or --hf-dataset NAME")
     if data_dir:
         train = load_glue_split(task, data_dir, "train") if need_train else None
         return train, load_glue_split(task, data_dir, "dev")
@@ -156,9 +166,9 @@ def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
         train = load_datasets_split(task, hub, "train") if need_train else None
         return train, load_datasets_split(task, hub, "dev")
     if need_train and not train_file:
-        raise ValueError("--train-file is required with --dev-file")
+        raise InputError("--train-file is required with --dev-file")
     if not need_train and not dev_file:
-        raise ValueError("evaluate needs --dev-file (or --data-dir)")
+        raise InputError("evaluate needs --dev-file (or --data-dir)")
     train = load_datasets_split(task, train_file, "train") if need_train else None
     dev = load_datasets_split(task, dev_file, "dev") if dev_file else None
     return train, dev
@@ -167,7 +177,7 @@ def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
 def _require_task(args, file) -> str:
     task = _pick(args, file, "task")
     if not task:
-        raise ValueError("--task is required (e.g. --task mrpc)")
+        raise InputError("--task is required (e.g. --task mrpc)")
     return task
 
 
@@ -208,10 +218,10 @@ def _student(args, file, teacher, cfg, num_labels: int):
             spec[key] = getattr(args, flag)
     if args.student:
         if spec:
-            raise ValueError("give either --student DIR or the student's shape (--student-layers, ...), not both")
+            raise InputError("give either --student DIR or the student's shape (--student-layers, ...), not both")
         return load_for_task(args.student, num_labels, require_head=True, role="--student")[0]
     if "num_layers" not in spec:
-        raise ValueError("--student-layers is required (or --student DIR)")
+        raise InputError("--student-layers is required (or --student DIR)")
     torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
     return build_student(teacher, layer_map=cfg.layer_map, **spec)
 
@@ -230,10 +240,12 @@ def cmd_distill(args) -> int:
         DistillConfig, args, section,
         dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits"),
     )
-    stages = tuple(args.stages) if args.stages else tuple(file.get("stages", (1, 2)))
+    stages = args.stages if args.stages else file.get("stages", (1, 2))
+    if not isinstance(stages, (list, tuple)):
+        raise InputError(f"stages must be a list of stage numbers like [1, 2], got {stages!r}")
     num_labels = get_task(task).num_labels
     if not os.path.isdir(args.teacher):
-        raise ValueError(f"--teacher directory {args.teacher!r} does not exist")
+        raise InputError(f"--teacher directory {args.teacher!r} does not exist")
     train, dev = _load_data(args, file, task, need_train=True)
     teacher, tokenizer = load_for_task(args.teacher, num_labels, require_head=True, role="--teacher")
     student = _student(args, file, teacher, cfg, num_labels)
@@ -252,21 +264,34 @@ def cmd_evaluate(args) -> int:
     task = _require_task(args, file)
     section = _section(file, "evaluate", EVALUATE_KEYS)
     opts = {k: getattr(args, k, None) if getattr(args, k, None) is not None else section.get(k) for k in EVALUATE_KEYS}
+    defaults = {"batch_size": 32, "max_seq_length": 128, "device": "cpu", "latency_batches": 10}
+    opts = {k: defaults.get(k) if v is None else v for k, v in opts.items()}
     for m in args.model:
         if not os.path.isdir(m):
-            raise ValueError(f"--model directory {m!r} does not exist")
+            raise InputError(f"--model directory {m!r} does not exist")
+    if opts["threads"] is not None and (isinstance(opts["threads"], bool) or not isinstance(opts["threads"], int)
+                                        or opts["threads"] < 1):
+        raise InputError(f"threads must be an int >= 1, got {opts['threads']!r}")
+    if args.json:
+        _check_writable_file(args.json, "--json")  # before the evaluation, so its results are never lost
     _, dev = _load_data(args, file, task, need_train=False)
     if opts["threads"]:
-        torch.set_num_threads(int(opts["threads"]))
-    results = evaluate(list(args.model), dev, task=task, batch_size=opts["batch_size"] or 32,
-                       max_seq_length=opts["max_seq_length"] or 128, device=opts["device"] or "cpu",
-                       latency_batches=10 if opts["latency_batches"] is None else opts["latency_batches"])
+        torch.set_num_threads(opts["threads"])
+    results = evaluate(list(args.model), dev, task=task, batch_size=opts["batch_size"], max_seq_length=opts["max_seq_length"],
+                       device=opts["device"], latency_batches=opts["latency_batches"])
     rows = [dict(model=m, **r) for m, r in zip(args.model, results)]
     _print_table(rows)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"task": task, "threads": torch.get_num_threads(), "results": rows}, f, indent=2)
+        save_json(args.json, {"task": task, "threads": torch.get_num_threads(), "results": rows})
     return 0
+
+
+def _check_writable_file(path: str, flag: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"{flag} {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise InputError(f"{flag} {path!r} is not writable")
 
 
 def _report(result, what: str, path: str) -> int:
@@ -313,7 +338,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         hf_logging.disable_progress_bar()  # also the weight loading/saving bars
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError) as e:
+    except RunInterrupted as e:
+        print(f"mlkd-fast: {e}", file=sys.stderr)
+        print(f"resume with: mlkd-fast {' '.join(a for a in (argv if argv is not None else sys.argv[1:]) if a != '--overwrite')}"
+              + ("" if getattr(args, "resume", False) else " --resume"), file=sys.stderr)
+        return 130
+    except MLKDError as e:
+        # a user error: one clean line (the traceback with --debug); anything else is a bug and keeps its traceback
+        if args.debug:
+            raise
         print(f"mlkd-fast: error: {e}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ import os
 from typing import Dict, List, Optional
 
 from mlkd_fast.data.tasks import HUB_LABEL_ORDER, TaskSpec, get_task
+from mlkd_fast.errors import InputError
 
 
 def _split_file(task: TaskSpec, data_dir: str, split: str) -> str:
@@ -22,10 +23,10 @@ def _split_file(task: TaskSpec, data_dir: str, split: str) -> str:
         if os.path.isfile(os.path.join(data_dir, f"{split}.tsv")):
             folder = data_dir
         else:
-            raise ValueError(f"GLUE directory {data_dir!r} has no {task.folder}/ folder for task {task.name!r}")
+            raise InputError(f"GLUE directory {data_dir!r} has no {task.folder}/ folder for task {task.name!r}")
     path = os.path.join(folder, f"{split}.tsv")
     if not os.path.isfile(path):
-        raise ValueError(f"data file {path!r} does not exist (task {task.name!r}, split {split!r})")
+        raise InputError(f"data file {path!r} does not exist (task {task.name!r}, split {split!r})")
     return path
 
 
@@ -39,14 +40,14 @@ def read_glue_tsv(task: TaskSpec, path: str) -> Dict[str, list]:
         try:
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
         except (csv.Error, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: cannot be read as a tab-separated UTF-8 file: {e}") from e
+            raise InputError(f"{path}: cannot be read as a tab-separated UTF-8 file: {e}") from e
     if not rows:
-        raise ValueError(f"{path}: file is empty")
+        raise InputError(f"{path}: file is empty")
     if task.header:
         header = rows[0]
         missing = [c for c in task.text_columns + (task.label_column,) if c not in header]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{path}, line 1: header {header} lacks column(s) {missing} expected for task {task.name!r} "
                 "(is this a labelled train/dev file of that task?)"
             )
@@ -65,7 +66,7 @@ def read_glue_tsv(task: TaskSpec, path: str) -> Dict[str, list]:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) < need or (task.header and len(row) != width):
-            raise ValueError(
+            raise InputError(
                 f"{path}, line {lineno}: expected {width} tab-separated fields, got {len(row)}: {' | '.join(row)[:200]!r}"
             )
         raw = row[label_idx].strip()
@@ -73,17 +74,17 @@ def read_glue_tsv(task: TaskSpec, path: str) -> Dict[str, list]:
             try:
                 value = float(raw)
             except ValueError:
-                raise ValueError(f"{path}, line {lineno}: label {raw!r} is not a number") from None
+                raise InputError(f"{path}, line {lineno}: label {raw!r} is not a number") from None
         else:
             if raw not in task.labels:
-                raise ValueError(f"{path}, line {lineno}: label {raw!r} is not one of {list(task.labels)} (task {task.name!r})")
+                raise InputError(f"{path}, line {lineno}: label {raw!r} is not one of {list(task.labels)} (task {task.name!r})")
             value = task.labels.index(raw)
         columns["sentence1"].append(row[text_idx[0]])
         if len(text_idx) == 2:
             columns["sentence2"].append(row[text_idx[1]])
         labels.append(value)
     if not labels:
-        raise ValueError(f"{path}: no data rows")
+        raise InputError(f"{path}: no data rows")
     columns["labels"] = labels
     return columns
 
@@ -94,7 +95,7 @@ def load_glue_split(task: str, data_dir: str, split: str):
 
     spec = get_task(task)
     if not isinstance(data_dir, (str, os.PathLike)) or not os.path.isdir(data_dir):
-        raise ValueError(f"data_dir must be an existing GLUE directory, got {data_dir!r}")
+        raise InputError(f"data_dir must be an existing GLUE directory, got {data_dir!r}")
     path = _split_file(spec, os.fspath(data_dir), split)
     return datasets.Dataset.from_dict(read_glue_tsv(spec, path))
 
@@ -111,22 +112,22 @@ def load_datasets_split(task: str, source: str, split: str):
     ext = os.path.splitext(source)[1].lower()
     if os.path.exists(source):
         if not os.path.isfile(source):
-            raise ValueError(f"data file {source!r} is not a file")
+            raise InputError(f"data file {source!r} is not a file")
         builder = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(ext)
         if builder is None:
-            raise ValueError(f"data file {source!r}: expected a .csv, .tsv, .json, .jsonl or .parquet file")
+            raise InputError(f"data file {source!r}: expected a .csv, .tsv, .json, .jsonl or .parquet file")
         kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
         try:
             ds = datasets.load_dataset(builder, data_files={"data": source}, split="data", **kwargs)
         except Exception as e:
-            raise ValueError(f"data file {source!r} could not be read by datasets ({builder}): {e}") from e
+            raise InputError(f"data file {source!r} could not be read by datasets ({builder}): {e}") from e
     else:
         hub_split = {"dev": "validation_matched" if spec.name == "mnli" else "validation"}.get(split, split)
         config = spec.name.replace("-", "")
         try:
             ds = datasets.load_dataset(source, config, split=hub_split)
         except Exception as e:  # offline, unknown name, unknown config: say which source failed
-            raise ValueError(
+            raise InputError(
                 f"{source!r} is neither a local file nor a loadable datasets hub dataset "
                 f"(config {config!r}, split {hub_split!r}; hub names need network): {type(e).__name__}: {e}"
             ) from e
@@ -141,10 +142,10 @@ def normalize_columns(spec: TaskSpec, ds, source: str = "dataset"):
     candidates = [spec.hub_text_columns, spec.text_columns, ("sentence1", "sentence2")[: len(spec.text_columns)]]
     text = next((c for c in candidates if set(c) <= cols), None)
     if text is None:
-        raise ValueError(f"{source}: columns {sorted(cols)} lack the text column(s) {list(spec.hub_text_columns)} of task {spec.name!r}")
+        raise InputError(f"{source}: columns {sorted(cols)} lack the text column(s) {list(spec.hub_text_columns)} of task {spec.name!r}")
     label = next((c for c in ("labels", "label", spec.label_column) if c in cols), None)
     if label is None:
-        raise ValueError(f"{source}: columns {sorted(cols)} have no 'label' or 'labels' column")
+        raise InputError(f"{source}: columns {sorted(cols)} have no 'label' or 'labels' column")
     rename = {src: dst for src, dst in zip(text, ("sentence1", "sentence2")) if src != dst}
     if label != "labels":
         rename[label] = "labels"
@@ -160,7 +161,7 @@ def normalize_columns(spec: TaskSpec, ds, source: str = "dataset"):
             out = []
             for v in batch["labels"]:
                 if v not in spec.labels:
-                    raise ValueError(f"{source}: label {v!r} is not one of {list(spec.labels)} (task {spec.name!r})")
+                    raise InputError(f"{source}: label {v!r} is not one of {list(spec.labels)} (task {spec.name!r})")
                 out.append(spec.labels.index(v))
             return {"labels": out}
 
@@ -174,7 +175,7 @@ def normalize_columns(spec: TaskSpec, ds, source: str = "dataset"):
 def load_split(task: str, split: str, *, data_dir: Optional[str] = None, source: Optional[str] = None):
     """One split from a GLUE directory (data_dir) or from the datasets library (source: file or hub name)."""
     if (data_dir is None) == (source is None):
-        raise ValueError("give exactly one of data_dir (a GLUE-format directory) or source (a data file or hub dataset name)")
+        raise InputError("give exactly one of data_dir (a GLUE-format directory) or source (a data file or hub dataset name)")
     if data_dir is not None:
         return load_glue_split(task, data_dir, split)
     return load_datasets_split(task, source, split)

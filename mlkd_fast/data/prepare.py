@@ -5,6 +5,7 @@ from typing import Optional
 
 import numpy as np
 
+from mlkd_fast.errors import InputError, InputTypeError
 
 TOKENIZED = ("input_ids", "attention_mask")
 
@@ -17,9 +18,9 @@ def tokenize_dataset(ds, tokenizer, max_seq_length: int, name: str = "dataset"):
     """Raw sentence1[, sentence2], labels -> input_ids, attention_mask, token_type_ids, labels (unpadded)."""
     cols = set(ds.column_names)
     if "sentence1" not in cols:
-        raise ValueError(f"{name} has neither tokenised columns {list(TOKENIZED)} nor raw text column 'sentence1' (columns: {sorted(cols)})")
+        raise InputError(f"{name} has neither tokenised columns {list(TOKENIZED)} nor raw text column 'sentence1' (columns: {sorted(cols)})")
     if tokenizer is None:
-        raise ValueError(f"{name} holds raw text: pass tokenizer= to tokenise it (or give tokenised input_ids/attention_mask)")
+        raise InputError(f"{name} holds raw text: pass tokenizer= to tokenise it (or give tokenised input_ids/attention_mask)")
     pair = "sentence2" in cols
 
     def enc(batch):
@@ -36,23 +37,23 @@ def prepare_dataset(ds, *, name: str, tokenizer, max_seq_length: int, num_labels
     import datasets
 
     if not isinstance(ds, datasets.Dataset):
-        raise TypeError(f"{name} must be a datasets.Dataset, got {type(ds).__name__}")
+        raise InputTypeError(f"{name} must be a datasets.Dataset, got {type(ds).__name__}")
     if len(ds) == 0:
-        raise ValueError(f"{name} is empty")
+        raise InputError(f"{name} is empty")
     if "labels" not in ds.column_names:
-        raise ValueError(f"{name} has no 'labels' column (columns: {ds.column_names})")
+        raise InputError(f"{name} has no 'labels' column (columns: {ds.column_names})")
     if not is_tokenized(ds):
         ds = tokenize_dataset(ds, tokenizer, max_seq_length, name)
     labels = np.asarray(ds["labels"])
     if num_labels == 1:
         if not np.issubdtype(labels.dtype, np.number):
-            raise ValueError(f"{name}: regression labels must be numbers, got dtype {labels.dtype}")
+            raise InputError(f"{name}: regression labels must be numbers, got dtype {labels.dtype}")
     else:
         if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"{name}: classification labels must be integer class ids, got dtype {labels.dtype}")
+            raise InputError(f"{name}: classification labels must be integer class ids, got dtype {labels.dtype}")
         bad = labels[(labels < 0) | (labels >= num_labels)]
         if bad.size:
-            raise ValueError(f"{name}: label {int(bad[0])} is outside 0..{num_labels - 1} (the model has {num_labels} labels)")
+            raise InputError(f"{name}: label {int(bad[0])} is outside 0..{num_labels - 1} (the model has {num_labels} labels)")
     return ds.with_format(None)
 
 

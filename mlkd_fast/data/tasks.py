@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from mlkd_fast.errors import InputError, InputTypeError
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -57,11 +59,11 @@ HUB_LABEL_ORDER = {"mnli": ("entailment", "neutral", "contradiction"), "qnli": (
 
 def get_task(name: str) -> TaskSpec:
     if not isinstance(name, str):
-        raise TypeError(f"task must be a task name (str), got {type(name).__name__}")
+        raise InputTypeError(f"task must be a task name (str), got {type(name).__name__}")
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known GLUE tasks: {sorted(TASKS)}")
+        raise InputError(f"unknown task {name!r}; known GLUE tasks: {sorted(TASKS)}")
     return TASKS[key]
 
 

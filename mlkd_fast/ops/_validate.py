@@ -11,6 +11,8 @@ from typing import Optional
 
 import torch
 
+from mlkd_fast.errors import InputError, InputTypeError
+
 
 def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
@@ -18,15 +20,15 @@ def _shape(t: torch.Tensor) -> str:
 
 def float_tensor(x, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64), got dtype {x.dtype}")
+        raise InputTypeError(f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64), got dtype {x.dtype}")
     return x
 
 
 def rank(x: torch.Tensor, name: str, ndim: int, layout: str) -> None:
     if x.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {_shape(x)}")
+        raise InputError(f"{name} must be {ndim}-D {layout}, got shape {_shape(x)}")
 
 
 def same_device(**tensors) -> torch.device:
@@ -34,23 +36,23 @@ def same_device(**tensors) -> torch.device:
     first = next(iter(devices.values()))
     if any(d != first for d in devices.values()):
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"all inputs must be on the same device, got {listed}")
+        raise InputError(f"all inputs must be on the same device, got {listed}")
     return first
 
 
 def positive_int(x, name: str) -> int:
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+        raise InputTypeError(f"{name} must be an int, got {type(x).__name__}")
     if x < 1:
-        raise ValueError(f"{name} must be >= 1, got {x}")
+        raise InputError(f"{name} must be >= 1, got {x}")
     return int(x)
 
 
 def positive_float(x, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+        raise InputTypeError(f"{name} must be a real number, got {type(x).__name__}")
     if not x > 0 or x != x or x == float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {x}")
+        raise InputError(f"{name} must be a finite number > 0, got {x}")
     return float(x)
 
 
@@ -59,11 +61,11 @@ def mask(m, name: str, batch: int, length: int) -> Optional[torch.Tensor]:
     if m is None:
         return None
     if not isinstance(m, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(m).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor or None, got {type(m).__name__}")
     if m.is_floating_point() or m.is_complex():
-        raise TypeError(f"{name} must be a bool or integer tensor (1 = real token, 0 = padding), got dtype {m.dtype}")
+        raise InputTypeError(f"{name} must be a bool or integer tensor (1 = real token, 0 = padding), got dtype {m.dtype}")
     if tuple(m.shape) != (batch, length):
-        raise ValueError(f"{name} must have shape (B, L) = ({batch}, {length}), got {_shape(m)}")
+        raise InputError(f"{name} must have shape (B, L) = ({batch}, {length}), got {_shape(m)}")
     return (m != 0).contiguous()
 
 
@@ -71,14 +73,14 @@ def labels(lab, name: str, batch: int) -> Optional[torch.Tensor]:
     if lab is None:
         return None
     if not isinstance(lab, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(lab).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor or None, got {type(lab).__name__}")
     if lab.is_floating_point() or lab.is_complex():
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be an integer class-id tensor, got dtype {lab.dtype} "
             "(for regression tasks pass labels=None: the positives are then the other view only)"
         )
     if lab.dim() != 1 or lab.shape[0] != batch:
-        raise ValueError(f"{name} must have shape (B,) = ({batch},), got {_shape(lab)}")
+        raise InputError(f"{name} must have shape (B,) = ({batch},), got {_shape(lab)}")
     return lab.long().contiguous()
 
 
@@ -89,13 +91,13 @@ def relation_inputs(teacher, student, splits, m):
     rank(teacher, "teacher", 3, "(B, L, Dt)")
     rank(student, "student", 3, "(B, L, Ds)")
     if teacher.shape[:2] != student.shape[:2]:
-        raise ValueError(
+        raise InputError(
             f"teacher and student must agree on (B, L), got teacher {_shape(teacher)} and student {_shape(student)}"
         )
     splits = positive_int(splits, "splits")
     for name, t in (("teacher", teacher), ("student", student)):
         if t.shape[2] % splits != 0:
-            raise ValueError(
+            raise InputError(
                 f"{name} hidden size {t.shape[2]} is not divisible by splits={splits}: "
                 f"every split must have the same width"
             )
@@ -110,11 +112,11 @@ def sample_inputs(teacher, student, same_width: bool):
     rank(teacher, "teacher", 2, "(B, Dt)")
     rank(student, "student", 2, "(B, Ds)")
     if teacher.shape[0] != student.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"teacher and student must have the same batch size B, got teacher {_shape(teacher)} and student {_shape(student)}"
         )
     if same_width and teacher.shape[1] != student.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"teacher and student must have the same width D (project the student first), "
             f"got teacher {_shape(teacher)} and student {_shape(student)}"
         )
@@ -127,7 +129,7 @@ def logits_pair(teacher_logits, student_logits):
     rank(teacher_logits, "teacher_logits", 2, "(B, C)")
     rank(student_logits, "student_logits", 2, "(B, C)")
     if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
+        raise InputError(
             f"teacher_logits and student_logits must have the same shape (B, C), "
             f"got {_shape(teacher_logits)} and {_shape(student_logits)}"
         )

@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from mlkd_fast.errors import BackendError, InputError, InputTypeError
+
 BACKENDS = ("torch", "cpp", "triton")
 
 
@@ -74,9 +76,9 @@ def available_backends() -> list:
 def resolve(backend: str, device: torch.device) -> str:
     """Map a requested backend (or "auto") to the one that will run on `device`."""
     if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        raise InputTypeError(f"backend must be a str, got {type(backend).__name__}")
     if backend not in BACKENDS + ("auto",):
-        raise ValueError(f"backend must be one of 'auto', 'torch', 'cpp', 'triton', got {backend!r}")
+        raise InputError(f"backend must be one of 'auto', 'torch', 'cpp', 'triton', got {backend!r}")
     if backend == "auto":
         if device.type == "cuda" and _triton_usable():
             return "triton"
@@ -85,20 +87,20 @@ def resolve(backend: str, device: torch.device) -> str:
         return "torch"
     if backend == "cpp":
         if not _cpp_complete():
-            raise RuntimeError(
+            raise BackendError(
                 "backend='cpp' was requested but the compiled extension mlkd_fast._C is not available "
                 f"({cpp_import_error() or 'it lacks the relation ops'}); reinstall with `pip install -e .`"
             )
         if device.type != "cpu":
-            raise ValueError(f"backend='cpp' runs on CPU tensors only, got tensors on {device}")
+            raise InputError(f"backend='cpp' runs on CPU tensors only, got tensors on {device}")
     if backend == "triton":
         if triton_kernels() is None:
-            raise RuntimeError("backend='triton' was requested but triton is not importable; `pip install triton`")
+            raise BackendError("backend='triton' was requested but triton is not importable; `pip install triton`")
         if device.type == "cpu" and not triton_interpreter():
-            raise ValueError(
+            raise InputError(
                 "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on CPU tensors "
                 "in the interpreter), got CPU tensors"
             )
         if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"backend='triton' runs on CUDA tensors, got tensors on {device}")
+            raise InputError(f"backend='triton' runs on CUDA tensors, got tensors on {device}")
     return backend

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from mlkd_fast.ops import _validate, backends
-from mlkd_fast.ops import reference
+from mlkd_fast.ops import _validate, backends, reference
 
 
 def relation_kl(teacher, student, splits, mask=None, *, backend: str = "auto") -> torch.Tensor:

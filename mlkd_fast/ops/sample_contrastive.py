@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from mlkd_fast.ops import _validate, backends
-from mlkd_fast.ops import reference
+from mlkd_fast.ops import _validate, backends, reference
 
 
 def sample_contrastive(
@@ -37,7 +36,9 @@ def sample_contrastive(
     if name == "cpp":
         return _cpp_sample_contrastive(teacher, student, labels, temperature, base_temperature)
     if name == "triton":
-        from mlkd_fast.kernels.sample_contrastive import sample_contrastive as triton_sample_contrastive
+        from mlkd_fast.kernels.sample_contrastive import (
+            sample_contrastive as triton_sample_contrastive,
+        )
 
         return triton_sample_contrastive(teacher, student, labels, temperature, base_temperature)
     raise NotImplementedError(f"backend {name!r} is not wired for sample_contrastive")

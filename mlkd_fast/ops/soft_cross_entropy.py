@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from mlkd_fast.ops import _validate
-from mlkd_fast.ops import reference
+from mlkd_fast.errors import InputError
+from mlkd_fast.ops import _validate, reference
 
 REDUCTIONS = ("batchmean", "mean", "none")
 
@@ -23,5 +23,5 @@ def soft_cross_entropy(teacher_logits, student_logits, temperature: float = 1.0,
     _validate.logits_pair(teacher_logits, student_logits)
     temperature = _validate.positive_float(temperature, "temperature")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise InputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reference.soft_cross_entropy(teacher_logits, student_logits, temperature, reduction)

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from mlkd_fast.errors import InputTypeError
 from mlkd_fast.train.features import Features
 
 
@@ -27,14 +28,14 @@ def encoder_layers(model: nn.Module):
     enc = getattr(base, "encoder", None)
     layers = getattr(enc, "layer", None)
     if emb is None or layers is None or not hasattr(emb, "word_embeddings") or not hasattr(emb, "LayerNorm"):
-        raise TypeError(
+        raise InputTypeError(
             f"{type(model).__name__} does not have the BERT module layout "
             "(base_model.embeddings.{word_embeddings,LayerNorm}, base_model.encoder.layer[i]) that MLKD capture needs"
         )
     for i, layer in enumerate(layers):
         dense = getattr(getattr(getattr(layer, "attention", None), "output", None), "dense", None)
         if not isinstance(dense, nn.Linear):
-            raise TypeError(f"{type(model).__name__}: encoder.layer[{i}] has no attention.output.dense Linear")
+            raise InputTypeError(f"{type(model).__name__}: encoder.layer[{i}] has no attention.output.dense Linear")
     return emb, list(layers)
 
 

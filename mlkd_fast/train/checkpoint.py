@@ -17,6 +17,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from mlkd_fast.errors import InputError, InputTypeError
+
 STATE_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 REQUIRED_KEYS = ("kind", "config", "state", "modules", "optimizer", "scheduler", "rng")
@@ -48,7 +50,7 @@ def save_state(output_dir: str, state: Dict[str, Any]) -> str:
     """Write the resume state atomically; returns its path."""
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
-        raise ValueError(f"resume state lacks {missing}")
+        raise InputError(f"resume state lacks {missing}")
     path = state_path(output_dir)
     atomic_torch_save(state, path)
     return path
@@ -58,15 +60,15 @@ def load_state(output_dir: str, kind: str) -> Dict[str, Any]:
     """Read and check the resume state of a `kind` ('distill' or 'finetune') run."""
     path = state_path(output_dir)
     if not os.path.isfile(path):
-        raise ValueError(f"cannot resume: {output_dir!r} holds no checkpoint ({path} does not exist)")
+        raise InputError(f"cannot resume: {output_dir!r} holds no checkpoint ({path} does not exist)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ValueError(f"cannot resume: checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+        raise InputError(f"cannot resume: checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        raise ValueError(f"cannot resume: checkpoint {path} is incomplete (expected keys {list(REQUIRED_KEYS)})")
+        raise InputError(f"cannot resume: checkpoint {path} is incomplete (expected keys {list(REQUIRED_KEYS)})")
     if state["kind"] != kind:
-        raise ValueError(f"cannot resume: checkpoint {path} is from a {state['kind']!r} run, not {kind!r}")
+        raise InputError(f"cannot resume: checkpoint {path} is from a {state['kind']!r} run, not {kind!r}")
     return state
 
 
@@ -75,7 +77,7 @@ def check_same_config(saved: Dict[str, Any], current: Dict[str, Any], path: str)
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
         pairs = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
-        raise ValueError(f"cannot resume from {path}: the run's settings differ ({pairs})")
+        raise InputError(f"cannot resume from {path}: the run's settings differ ({pairs})")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -122,16 +124,16 @@ def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool, kind: 
     A fresh run into a non-empty directory needs overwrite=True (which then empties it).
     """
     if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir):
-        raise TypeError(f"output_dir must be a directory path, got {output_dir!r}")
+        raise InputTypeError(f"output_dir must be a directory path, got {output_dir!r}")
     output_dir = os.fspath(output_dir)
     if resume:
         return load_state(output_dir, kind)
     if os.path.exists(output_dir):
         if not os.path.isdir(output_dir):
-            raise ValueError(f"output_dir {output_dir!r} exists and is not a directory")
+            raise InputError(f"output_dir {output_dir!r} exists and is not a directory")
         if os.listdir(output_dir):
             if not overwrite:
-                raise ValueError(
+                raise InputError(
                     f"output_dir {output_dir!r} already holds files; pass overwrite=True (--overwrite) to replace them "
                     "or resume=True (--resume) to continue the run"
                 )

@@ -13,25 +13,25 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-
+from mlkd_fast.errors import InputError, InputTypeError
 
 # The loss terms of each MLKD stage, by their registry names (train/objectives.py).
 # Kept here, not beside the losses, so that reading a config never loads the ops.
 STAGE_TERMS = {1: ("emb", "mha", "ffn"), 2: ("ss", "sc", "kd")}
 
 
-def _check_int(name: str, value, minimum: int) -> None:
+def check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+        raise InputTypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _check_float(name: str, value, minimum: float = 0.0, strict: bool = True) -> None:
+def check_float(name: str, value, minimum: float = 0.0, strict: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+        raise InputTypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
     if value != value or (value <= minimum if strict else value < minimum) or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value}")
+        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value}")
 
 
 @dataclass
@@ -50,18 +50,18 @@ class _Common:
     device: str = "auto"  # "auto" = cuda when available, else cpu
 
     def validate(self) -> None:
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("eval_batch_size", self.eval_batch_size, 1)
-        _check_float("learning_rate", self.learning_rate)
-        _check_float("weight_decay", self.weight_decay, strict=False)
-        _check_float("max_grad_norm", self.max_grad_norm, strict=False)
-        _check_int("max_seq_length", self.max_seq_length, 2)
-        _check_int("seed", self.seed, 0)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("eval_batch_size", self.eval_batch_size, 1)
+        check_float("learning_rate", self.learning_rate)
+        check_float("weight_decay", self.weight_decay, strict=False)
+        check_float("max_grad_norm", self.max_grad_norm, strict=False)
+        check_int("max_seq_length", self.max_seq_length, 2)
+        check_int("seed", self.seed, 0)
         if self.max_train_samples is not None:
-            _check_int("max_train_samples", self.max_train_samples, 1)
-        _check_int("checkpoint_every", self.checkpoint_every, 0)
+            check_int("max_train_samples", self.max_train_samples, 1)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
         if not isinstance(self.device, str) or not self.device:
-            raise TypeError(f"device must be a device string like 'auto', 'cpu' or 'cuda', got {self.device!r}")
+            raise InputTypeError(f"device must be a device string like 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
 
 @dataclass
@@ -74,10 +74,10 @@ class FinetuneConfig(_Common):
 
     def validate(self) -> None:
         super().validate()
-        _check_int("epochs", self.epochs, 1)
-        _check_float("warmup_proportion", self.warmup_proportion, strict=False)
+        check_int("epochs", self.epochs, 1)
+        check_float("warmup_proportion", self.warmup_proportion, strict=False)
         if self.warmup_proportion >= 1:
-            raise ValueError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+            raise InputError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
 
 
 @dataclass
@@ -97,36 +97,36 @@ class DistillConfig(_Common):
 
     def validate(self) -> None:
         super().validate()
-        _check_int("stage1_epochs", self.stage1_epochs, 0)
-        _check_int("stage2_epochs", self.stage2_epochs, 0)
-        _check_float("warmup_proportion", self.warmup_proportion, strict=False)
+        check_int("stage1_epochs", self.stage1_epochs, 0)
+        check_int("stage2_epochs", self.stage2_epochs, 0)
+        check_float("warmup_proportion", self.warmup_proportion, strict=False)
         if self.warmup_proportion >= 1:
-            raise ValueError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
-        _check_int("splits", self.splits, 1)
+            raise InputError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        check_int("splits", self.splits, 1)
         if self.layer_map is not None:
             if isinstance(self.layer_map, (str, bytes)) or not hasattr(self.layer_map, "__iter__"):
-                raise TypeError(f"layer_map must be a sequence of teacher layer numbers or None, got {self.layer_map!r}")
+                raise InputTypeError(f"layer_map must be a sequence of teacher layer numbers or None, got {self.layer_map!r}")
             self.layer_map = tuple(self.layer_map)
         for stage, weights in ((1, self.stage1_weights), (2, self.stage2_weights)):
             if not isinstance(weights, Mapping):
-                raise TypeError(f"stage{stage}_weights must be a mapping of loss name -> weight, got {weights!r}")
+                raise InputTypeError(f"stage{stage}_weights must be a mapping of loss name -> weight, got {weights!r}")
             for name, w in weights.items():
                 if name not in STAGE_TERMS[stage]:
-                    raise ValueError(f"stage{stage}_weights: {name!r} is not a stage-{stage} term {STAGE_TERMS[stage]}")
-                _check_float(f"stage{stage}_weights[{name!r}]", w, strict=False)
-        _check_float("sc_temperature", self.sc_temperature)
-        _check_float("sc_base_temperature", self.sc_base_temperature)
-        _check_float("kd_temperature", self.kd_temperature)
+                    raise InputError(f"stage{stage}_weights: {name!r} is not a stage-{stage} term {STAGE_TERMS[stage]}")
+                check_float(f"stage{stage}_weights[{name!r}]", w, strict=False)
+        check_float("sc_temperature", self.sc_temperature)
+        check_float("sc_base_temperature", self.sc_base_temperature)
+        check_float("kd_temperature", self.kd_temperature)
 
 
 def config_from_dict(cls, values: Mapping[str, Any], source: str = "config"):
     """Build `cls` from a mapping, rejecting unknown keys (a typo must not be ignored silently)."""
     if not isinstance(values, Mapping):
-        raise TypeError(f"{source} must be a mapping of field -> value, got {type(values).__name__}")
+        raise InputTypeError(f"{source} must be a mapping of field -> value, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(names)}")
+        raise InputError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(names)}")
     cfg = cls(**dict(values))
     cfg.validate()
     return cfg
@@ -135,7 +135,7 @@ def config_from_dict(cls, values: Mapping[str, Any], source: str = "config"):
 def load_config_file(path: str) -> Dict[str, Any]:
     """Read a YAML (.yaml/.yml) or JSON (.json) file holding a mapping."""
     if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} does not exist")
+        raise InputError(f"config file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -147,17 +147,17 @@ def load_config_file(path: str) -> Dict[str, Any]:
         elif ext == ".json":
             data = json.loads(text)
         else:
-            raise ValueError(f"config file {path!r} must end in .yaml, .yml or .json")
+            raise InputError(f"config file {path!r} must end in .yaml, .yml or .json")
     except (json.JSONDecodeError, ImportError) as e:
-        raise ValueError(f"config file {path!r} could not be parsed: {e}") from e
+        raise InputError(f"config file {path!r} could not be parsed: {e}") from e
     except Exception as e:  # yaml.YAMLError and friends
         if isinstance(e, ValueError):
             raise
-        raise ValueError(f"config file {path!r} could not be parsed: {e}") from e
+        raise InputError(f"config file {path!r} could not be parsed: {e}") from e
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path!r} must hold a mapping at the top level, got {type(data).__name__}")
+        raise InputError(f"config file {path!r} must hold a mapping at the top level, got {type(data).__name__}")
     return data
 
 

@@ -20,6 +20,7 @@ import torch
 from mlkd_fast.data.batching import Collator, num_batches
 from mlkd_fast.data.prepare import prepare_splits
 from mlkd_fast.data.tasks import get_task
+from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import backends
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.capture import capture_features, encoder_layers
@@ -27,8 +28,18 @@ from mlkd_fast.train.config import DistillConfig, config_to_dict
 from mlkd_fast.train.layer_map import resolve_layer_map
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import as_model, check_classifier, pad_id, resolve_device
-from mlkd_fast.train.objectives import DistillProjections, LossContext, stage_loss, stage_weights
-from mlkd_fast.train.optim import constant_schedule, linear_schedule, make_optimizer, optimized_params
+from mlkd_fast.train.objectives import (
+    DistillProjections,
+    LossContext,
+    stage_loss,
+    stage_weights,
+)
+from mlkd_fast.train.optim import (
+    constant_schedule,
+    linear_schedule,
+    make_optimizer,
+    optimized_params,
+)
 
 
 @dataclass
@@ -60,7 +71,7 @@ def distill(
     """
     cfg = config if config is not None else DistillConfig()
     if not isinstance(cfg, DistillConfig):
-        raise TypeError(f"config must be a DistillConfig, got {type(cfg).__name__}")
+        raise InputTypeError(f"config must be a DistillConfig, got {type(cfg).__name__}")
     cfg.validate()
     stages = _check_stages(stages, cfg)
     spec = get_task(task) if task is not None else None
@@ -125,12 +136,12 @@ def _check_stages(stages, cfg: DistillConfig) -> tuple:
     try:
         stages = tuple(int(s) for s in stages)
     except (TypeError, ValueError):
-        raise TypeError(f"stages must be a sequence of stage numbers like (1, 2), got {stages!r}") from None
+        raise InputTypeError(f"stages must be a sequence of stage numbers like (1, 2), got {stages!r}") from None
     if not stages or any(s not in (1, 2) for s in stages) or list(stages) != sorted(set(stages)):
-        raise ValueError(f"stages must be (1,), (2,) or (1, 2), got {stages}")
+        raise InputError(f"stages must be (1,), (2,) or (1, 2), got {stages}")
     epochs = {1: cfg.stage1_epochs, 2: cfg.stage2_epochs}
     if all(epochs[s] == 0 for s in stages):
-        raise ValueError(f"every stage in {stages} has 0 epochs: nothing to train")
+        raise InputError(f"every stage in {stages} has 0 epochs: nothing to train")
     return tuple(s for s in stages if epochs[s] > 0)
 
 
@@ -143,7 +154,7 @@ def _check_shapes(teacher, student, cfg: DistillConfig, stages) -> tuple:
         for who, model in (("teacher", teacher), ("student", student)):
             width = model.config.hidden_size
             if width % cfg.splits != 0:
-                raise ValueError(f"splits={cfg.splits} does not divide the {who}'s hidden size {width} (L_MHA needs equal splits)")
+                raise InputError(f"splits={cfg.splits} does not divide the {who}'s hidden size {width} (L_MHA needs equal splits)")
     return layer_map
 
 

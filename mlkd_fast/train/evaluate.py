@@ -1,6 +1,7 @@
 """Dev-set evaluation (the task's official metric), inference latency and model size."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Dict, Optional
@@ -13,7 +14,14 @@ from mlkd_fast.data.batching import Collator, batches
 from mlkd_fast.data.metrics import compute_metrics
 from mlkd_fast.data.prepare import prepare_dataset
 from mlkd_fast.data.tasks import get_task
-from mlkd_fast.train.models import check_classifier, count_parameters, load_for_task, pad_id, resolve_device
+from mlkd_fast.train.config import check_int
+from mlkd_fast.train.models import (
+    check_classifier,
+    count_parameters,
+    load_for_task,
+    pad_id,
+    resolve_device,
+)
 
 
 @torch.no_grad()
@@ -94,6 +102,9 @@ def evaluate(
 ):
     """Dev metrics and sizes of a model (or a from_pretrained directory), or of a list of them
     (then a list of dicts); inference latency too when latency_batches > 0 (interleaved across models)."""
+    check_int("batch_size", batch_size, 1)
+    check_int("max_seq_length", max_seq_length, 2)
+    check_int("latency_batches", latency_batches, 0)
     single = not isinstance(models, (list, tuple))
     models = [models] if single else list(models)
     spec = get_task(task) if task is not None else None
@@ -101,7 +112,7 @@ def evaluate(
     loaded, sets, pads, results = [], [], [], []
     for model in models:
         tok = tokenizer
-        if isinstance(model, str):
+        if isinstance(model, (str, os.PathLike)):
             model, loaded_tokenizer = load_for_task(model, spec.num_labels if spec else None, require_head=True)
             tok = tok if tok is not None else loaded_tokenizer
         num_labels = check_classifier(model, "model", spec.num_labels if spec else None)

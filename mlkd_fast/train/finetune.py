@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from mlkd_fast.data.batching import Collator, num_batches
 from mlkd_fast.data.prepare import prepare_splits
 from mlkd_fast.data.tasks import get_task
+from mlkd_fast.errors import InputTypeError
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.config import FinetuneConfig, config_to_dict
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
@@ -44,7 +45,7 @@ def finetune(
     """Fine-tune a sequence classifier (e.g. from load_for_task(pretrained_teacher_dir(), 2)) on a task."""
     cfg = config if config is not None else FinetuneConfig()
     if not isinstance(cfg, FinetuneConfig):
-        raise TypeError(f"config must be a FinetuneConfig, got {type(cfg).__name__}")
+        raise InputTypeError(f"config must be a FinetuneConfig, got {type(cfg).__name__}")
     cfg.validate()
     spec = get_task(task) if task is not None else None
     num_labels = check_classifier(model, "model", spec.num_labels if spec else None)

