@@ -21,7 +21,7 @@ def tiny_config(layers=4, hidden=32, heads=4, intermediate=64, num_labels=2, att
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=intermediate,
-        max_position_embeddings=64,
+        max_position_embeddings=128,  # the configs' default max_seq_length fits
         num_labels=num_labels,
         pad_token_id=0,
     )
@@ -64,9 +64,13 @@ def write_vocab(folder: str) -> str:
 
 
 def tiny_tokenizer(folder: str):
+    """A word-level BERT tokenizer over SPECIAL + WORDS. The vocabulary is passed as a mapping: transformers 5
+    ignores vocab_file= in the constructor and would build a 5-token tokenizer that maps every word to [UNK]."""
     from transformers import BertTokenizerFast
 
-    return BertTokenizerFast(vocab_file=write_vocab(folder), do_lower_case=True)
+    with open(write_vocab(folder), encoding="utf-8") as f:
+        vocab = {token: i for i, token in enumerate(f.read().split())}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True)
 
 
 def write_mrpc(folder: str, n_train=16, n_dev=8, seed=0) -> str:

@@ -7,6 +7,7 @@ Malformed files fail with the file and line named.
 from __future__ import annotations
 
 import csv
+import math
 import os
 from typing import Dict, List, Optional
 
@@ -75,6 +76,8 @@ def read_glue_tsv(task: TaskSpec, path: str) -> Dict[str, list]:
                 value = float(raw)
             except ValueError:
                 raise InputError(f"{path}, line {lineno}: label {raw!r} is not a number") from None
+            if not math.isfinite(value):
+                raise InputError(f"{path}, line {lineno}: label {raw!r} is not a finite number")
         else:
             if raw not in task.labels:
                 raise InputError(f"{path}, line {lineno}: label {raw!r} is not one of {list(task.labels)} (task {task.name!r})")

@@ -11,6 +11,7 @@ from typing import Dict
 import numpy as np
 
 from mlkd_fast.data.tasks import get_task
+from mlkd_fast.errors import InputError
 
 
 def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
@@ -63,6 +64,11 @@ def compute_metrics(task, logits, labels) -> Dict[str, float]:
     """Metrics of `task` (a TaskSpec, a task name, or None = accuracy / correlations by logits width)."""
     logits = np.asarray(logits)
     labels = np.asarray(labels)
+    for name, values in (("predictions", logits), ("labels", labels)):
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise InputError(f"{name} hold {bad} non-finite value(s) of {values.size}: no metric is computed from them "
+                             "(a diverged model, or non-finite weights or labels)")
     spec = get_task(task) if isinstance(task, str) else task
     regression = spec.is_regression if spec is not None else (logits.ndim == 1 or logits.shape[-1] == 1)
     if regression:

@@ -44,10 +44,14 @@ def prepare_dataset(ds, *, name: str, tokenizer, max_seq_length: int, num_labels
         raise InputError(f"{name} has no 'labels' column (columns: {ds.column_names})")
     if not is_tokenized(ds):
         ds = tokenize_dataset(ds, tokenizer, max_seq_length, name)
+    _check_sequences(ds, name, max_seq_length)
     labels = np.asarray(ds["labels"])
     if num_labels == 1:
         if not np.issubdtype(labels.dtype, np.number):
             raise InputError(f"{name}: regression labels must be numbers, got dtype {labels.dtype}")
+        if not np.isfinite(labels.astype(np.float64)).all():
+            row = int(np.flatnonzero(~np.isfinite(labels.astype(np.float64)))[0])
+            raise InputError(f"{name}: regression label of row {row} is {labels[row]}, not a finite number")
     else:
         if not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"{name}: classification labels must be integer class ids, got dtype {labels.dtype}")
@@ -55,6 +59,25 @@ def prepare_dataset(ds, *, name: str, tokenizer, max_seq_length: int, num_labels
         if bad.size:
             raise InputError(f"{name}: label {int(bad[0])} is outside 0..{num_labels - 1} (the model has {num_labels} labels)")
     return ds.with_format(None)
+
+
+def _check_sequences(ds, name: str, max_seq_length: int) -> None:
+    """Every row's token columns have one length, at most max_seq_length (a tokenizer that cannot truncate
+    to it, e.g. a pair at max length 2, leaves longer rows: refused, not trained on silently)."""
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in ds.column_names]
+    lengths = {c: np.fromiter((len(x) for x in ds[c]), dtype=np.int64, count=len(ds)) for c in columns}
+    for c in columns[1:]:
+        differ = np.flatnonzero(lengths[c] != lengths["input_ids"])
+        if differ.size:
+            row = int(differ[0])
+            raise InputError(f"{name}: row {row} has {lengths['input_ids'][row]} input_ids but {lengths[c][row]} {c}")
+    too_long = np.flatnonzero(lengths["input_ids"] > max_seq_length)
+    if too_long.size:
+        row = int(too_long[0])
+        raise InputError(
+            f"{name}: row {row} has {lengths['input_ids'][row]} tokens, more than max_seq_length={max_seq_length} "
+            f"({too_long.size} such rows; a sentence pair needs room for its special tokens, so raise max_seq_length)"
+        )
 
 
 def prepare_splits(train_data, eval_data, cfg, *, tokenizer, num_labels: int):

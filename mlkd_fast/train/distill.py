@@ -27,7 +27,13 @@ from mlkd_fast.train.capture import capture_features, encoder_layers
 from mlkd_fast.train.config import DistillConfig, config_to_dict
 from mlkd_fast.train.layer_map import resolve_layer_map
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
-from mlkd_fast.train.models import as_model, check_classifier, pad_id, resolve_device
+from mlkd_fast.train.models import (
+    as_model,
+    check_classifier,
+    check_fits,
+    pad_id,
+    resolve_device,
+)
 from mlkd_fast.train.objectives import (
     DistillProjections,
     LossContext,
@@ -78,6 +84,13 @@ def distill(
     teacher, student = as_model(teacher, "teacher"), as_model(student, "student")
     num_labels = check_classifier(teacher, "teacher", spec.num_labels if spec else None)
     check_classifier(student, "student", num_labels)
+    if student is teacher:
+        raise InputError("student is the teacher itself: build a separate student (build_student) or load another copy")
+    for role, model in (("teacher", teacher), ("student", student)):
+        check_fits(model, role, cfg.max_seq_length, tokenizer)
+    if student.config.vocab_size != teacher.config.vocab_size:
+        raise InputError(f"the student's vocabulary ({student.config.vocab_size} tokens) differs from the teacher's "
+                         f"({teacher.config.vocab_size}): both read the same input_ids")
     layer_map = _check_shapes(teacher, student, cfg, stages)
     device = resolve_device(cfg.device)
     backend = backends.resolve(backend, device)

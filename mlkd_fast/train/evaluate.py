@@ -17,6 +17,7 @@ from mlkd_fast.data.tasks import get_task
 from mlkd_fast.train.config import check_int
 from mlkd_fast.train.models import (
     check_classifier,
+    check_fits,
     count_parameters,
     load_for_task,
     pad_id,
@@ -116,6 +117,7 @@ def evaluate(
             model, loaded_tokenizer = load_for_task(model, spec.num_labels if spec else None, require_head=True)
             tok = tok if tok is not None else loaded_tokenizer
         num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
+        check_fits(model, "model", max_seq_length, tok)
         model.to(dev)
         ds = prepare_dataset(eval_data, name="eval_data", tokenizer=tok, max_seq_length=max_seq_length, num_labels=num_labels)
         pid = pad_id(model, tok)

@@ -20,7 +20,7 @@ from mlkd_fast.errors import InputTypeError
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.config import FinetuneConfig, config_to_dict
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
-from mlkd_fast.train.models import check_classifier, pad_id, resolve_device
+from mlkd_fast.train.models import check_classifier, check_fits, pad_id, resolve_device
 from mlkd_fast.train.optim import linear_schedule, make_optimizer
 
 
@@ -49,6 +49,7 @@ def finetune(
     cfg.validate()
     spec = get_task(task) if task is not None else None
     num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
+    check_fits(model, "model", cfg.max_seq_length, tokenizer)
     regression = num_labels == 1
     device = resolve_device(cfg.device)
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)

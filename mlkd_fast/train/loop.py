@@ -15,6 +15,7 @@ run replays exactly the batches, RNG draws and optimiser steps it had left.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ import torch.nn as nn
 
 from mlkd_fast.data.batching import Collator, batches, epoch_order, num_batches
 from mlkd_fast.data.metrics import main_metric
+from mlkd_fast.errors import DivergenceError
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.evaluate import evaluate_model
 from mlkd_fast.train.logs import MetricLogger, progress_bar
@@ -162,10 +164,13 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
     for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         loss, terms = phase.step(batch)
+        _check_finite("loss", loss, terms, phase, state, epoch)
         phase.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(phase.clip_params, cfg.max_grad_norm)
+        # the norm is always taken (max_norm=inf scales by exactly 1): a non-finite gradient stops the run
+        # before the optimiser writes it into the weights
+        norm = nn.utils.clip_grad_norm_(phase.clip_params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        _check_finite("gradient norm", norm, terms, phase, state, epoch)
         phase.optimizer.step()
         phase.scheduler.step()
 
@@ -178,6 +183,20 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
         if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
             _save_state(run, phase, state)
     bar.close()
+
+
+def _check_finite(what: str, value: torch.Tensor, terms: Dict[str, float], phase: Phase, state: RunState, epoch: int):
+    """Stop a diverging run loudly, naming where and which loss terms; nothing of this step is saved."""
+    if bool(torch.isfinite(value).all()):
+        return
+    bad = [k for k, v in terms.items() if not math.isfinite(v)]
+    where = f"{phase.label}, epoch {epoch + 1}, step {state.step + 1} of the epoch (global step {state.global_step + 1})"
+    raise DivergenceError(
+        f"the {what} is {float(value)} at {where}"
+        + (f"; non-finite terms: {bad}" if bad else "")
+        + ". The run stopped before saving this step: the last checkpoint and the kept model are from before it. "
+        "Lower the learning rate, check the data for non-finite values, or clip gradients (max_grad_norm)."
+    )
 
 
 def _end_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger) -> None:

@@ -83,6 +83,19 @@ def check_classifier(model: nn.Module, name: str, num_labels: Optional[int]) -> 
     return have
 
 
+def check_fits(model: nn.Module, role: str, max_seq_length: int, tokenizer=None) -> None:
+    """The inputs a run will feed `model` fit it: max_seq_length within its position embeddings, and every
+    id of the tokenizer inside its vocabulary (both fail only deep inside a forward pass otherwise)."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and max_seq_length > positions:
+        raise InputError(f"max_seq_length={max_seq_length} is longer than the {positions} positions of the {role} "
+                         f"({type(model).__name__}): use max_seq_length <= {positions}")
+    vocab = getattr(model.config, "vocab_size", None)
+    if tokenizer is not None and vocab is not None and len(tokenizer) > vocab:
+        raise InputError(f"the tokenizer has {len(tokenizer)} tokens but the {role}'s vocabulary only {vocab}: "
+                         "they do not belong together")
+
+
 def pad_id(model: nn.Module, tokenizer=None) -> int:
     """The padding token id: the tokenizer's, else the model config's, else 0."""
     if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
@@ -108,5 +121,5 @@ def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not (exclude_embeddings and ".embeddings." in f".{n}"))
 
 
-__all__ = ["pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "pad_id", "resolve_device",
+__all__ = ["pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "check_fits", "pad_id", "resolve_device",
            "count_parameters"]

@@ -134,3 +134,13 @@ def test_metrics_match_known_values():
     assert r["pearson"] == pytest.approx(scipy_stats.pearsonr(x, y)[0])
     assert r["spearman"] == pytest.approx(scipy_stats.spearmanr(x, y)[0])
     assert metrics.main_metric("mrpc") == "f1" and metrics.main_metric("cola") == "mcc"
+
+
+def test_the_test_tokenizer_knows_its_words(tmp_path):
+    """The trainer and CLI tests train on real token ids, not on [CLS] [UNK] ... [SEP]."""
+    from tiny_bert import SPECIAL, WORDS
+
+    tok = tiny_tokenizer(str(tmp_path))
+    assert len(tok) == len(SPECIAL) + len(WORDS)
+    assert tok("good movie")["input_ids"] == [2, 5, 7, 3]
+    assert tok("Bad", "FILM")["input_ids"] == [2, 6, 3, 8, 3]
