@@ -14,7 +14,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from mlkd_fast.errors import InputError, MLKDError, RunInterrupted
-from mlkd_fast.train.checkpoint import save_json
+from mlkd_fast.train.atomic import save_json
 from mlkd_fast.train.config import (
     DistillConfig,
     FinetuneConfig,

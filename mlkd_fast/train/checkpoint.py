@@ -1,26 +1,33 @@
-"""Atomic checkpoints and resume state.
+"""The resume state of a run: written whole or not at all, verified when read, the previous one kept.
 
-Layout of an output directory:
-    checkpoint/state.pt   the resumable training state (latest), written atomically
-    <model dir>/          the kept model (save_pretrained + tokenizer), replaced atomically
-A write goes to a temporary file/dir in the same directory, is flushed, then
-renamed over the old one, so a crash never leaves a half-written checkpoint.
+    <output_dir>/checkpoint/state.pt        the newest resumable state
+    <output_dir>/checkpoint/state.prev.pt   the one before it (fallback)
+
+File format: one header line `MLKD-CHECKPOINT 1 sha256=<hex> bytes=<n>`,
+then the torch.save payload. A new state is written to a temporary file,
+read back and verified, and only then rotated in (newest -> prev, new ->
+newest). Loading verifies the checksum, the keys and that every weight is
+finite; a bad newest state falls back to the previous one, saying so.
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import io
 import os
 import random
-import shutil
-from typing import Any, Dict, Optional
+import sys
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
 
-from mlkd_fast.errors import InputError, InputTypeError
+from mlkd_fast.errors import InputError
+from mlkd_fast.train.atomic import fault_point, fsync_dir
 
 STATE_DIR = "checkpoint"
 STATE_FILE = "state.pt"
+PREV_FILE = "state.prev.pt"
+MAGIC = b"MLKD-CHECKPOINT 1"
 REQUIRED_KEYS = ("kind", "config", "state", "modules", "optimizer", "scheduler", "rng")
 
 
@@ -28,56 +35,90 @@ def state_path(output_dir: str) -> str:
     return os.path.join(output_dir, STATE_DIR, STATE_FILE)
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _encode(state: Dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    header = MAGIC + f" sha256={hashlib.sha256(payload).hexdigest()} bytes={len(payload)}\n".encode()
+    return header + payload
 
 
-def save_json(path: str, obj) -> None:
-    """Write JSON to a temporary file, then rename it over `path` (never half-written)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+def _decode(data: bytes, path: str) -> Dict[str, Any]:
+    """The state in a checkpoint file's bytes, or InputError saying what is wrong with them."""
+    head, _, payload = data.partition(b"\n")
+    fields = dict(f.split("=", 1) for f in head[len(MAGIC):].decode("ascii", "replace").split() if "=" in f)
+    if not head.startswith(MAGIC) or "sha256" not in fields:
+        raise InputError(f"{path} is not an mlkd_fast checkpoint (no checksummed header)")
+    if str(len(payload)) != fields.get("bytes") or hashlib.sha256(payload).hexdigest() != fields["sha256"]:
+        raise InputError(f"{path} is corrupt: its checksum does not match its contents (truncated or overwritten)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except Exception as e:  # a payload that passed the checksum but does not load: a bug, reported as such
+        raise InputError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        raise InputError(f"{path} is incomplete (expected keys {list(REQUIRED_KEYS)})")
+    for module, weights in state["modules"].items():
+        for name, t in weights.items():
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise InputError(f"{path} holds non-finite weights ({module}: {name}): a diverged run")
+    return state
 
 
 def save_state(output_dir: str, state: Dict[str, Any]) -> str:
-    """Write the resume state atomically; returns its path."""
+    """Write the resume state; the previous one stays until the new one is on disk and verified."""
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise InputError(f"resume state lacks {missing}")
-    path = state_path(output_dir)
-    atomic_torch_save(state, path)
+    folder = os.path.join(output_dir, STATE_DIR)
+    os.makedirs(folder, exist_ok=True)
+    path, prev, tmp = state_path(output_dir), os.path.join(folder, PREV_FILE), state_path(output_dir) + f".tmp.{os.getpid()}"
+    data = _encode(state)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    fault_point("state:written-tmp")
+    with open(tmp, "rb") as f:  # read back what the disk holds
+        if f.read() != data:
+            raise OSError(f"checkpoint {tmp} did not read back as written")
+    fault_point("state:verified")
+    if os.path.exists(path):
+        os.replace(path, prev)
+        fault_point("state:rotated")
+    os.replace(tmp, path)
+    fsync_dir(folder)
     return path
 
 
 def load_state(output_dir: str, kind: str) -> Dict[str, Any]:
-    """Read and check the resume state of a `kind` ('distill' or 'finetune') run."""
-    path = state_path(output_dir)
-    if not os.path.isfile(path):
-        raise InputError(f"cannot resume: {output_dir!r} holds no checkpoint ({path} does not exist)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise InputError(f"cannot resume: checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        raise InputError(f"cannot resume: checkpoint {path} is incomplete (expected keys {list(REQUIRED_KEYS)})")
-    if state["kind"] != kind:
-        raise InputError(f"cannot resume: checkpoint {path} is from a {state['kind']!r} run, not {kind!r}")
-    return state
+    """The newest good resume state of a `kind` run ('distill' or 'finetune'), falling back to the previous one."""
+    folder = os.path.join(output_dir, STATE_DIR)
+    candidates = [p for p in (state_path(output_dir), os.path.join(folder, PREV_FILE)) if os.path.isfile(p)]
+    if not candidates:
+        raise InputError(f"cannot resume: {output_dir!r} holds no checkpoint ({state_path(output_dir)} does not exist)")
+    problems: List[str] = []
+    for path in candidates:
+        try:
+            with open(path, "rb") as f:
+                state = _decode(f.read(), path)
+        except InputError as e:
+            problems.append(str(e))
+            continue
+        if state["kind"] != kind:
+            raise InputError(f"cannot resume: checkpoint {path} is from a {state['kind']!r} run, not {kind!r}")
+        if problems:
+            print(f"mlkd_fast: {problems[0]}; resuming from the previous checkpoint {path} "
+                  f"(global step {state['state']['global_step']})", file=sys.stderr)
+        return state
+    raise InputError("cannot resume: " + "; ".join(problems))
 
 
 def check_same_config(saved: Dict[str, Any], current: Dict[str, Any], path: str) -> None:
-    """Resuming with other settings would not reproduce the uninterrupted run: refuse."""
+    """Resuming with other settings (or another teacher, student shape or data) would not continue the run: refuse."""
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
         pairs = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
-        raise InputError(f"cannot resume from {path}: the run's settings differ ({pairs})")
+        raise InputError(f"cannot resume from {path}: this is not the same run ({pairs})")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -101,73 +142,5 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_model_atomic(model, dest: str, tokenizer=None) -> str:
-    """save_pretrained (+ tokenizer) into dest.tmp, then swap it in for dest."""
-    tmp, old = dest + ".tmp", dest + ".old"
-    for d in (tmp, old):
-        if os.path.exists(d):
-            shutil.rmtree(d)
-    model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if os.path.exists(dest):
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if os.path.exists(old):
-        shutil.rmtree(old)
-    return dest
-
-
-def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool, kind: str) -> Optional[Dict[str, Any]]:
-    """Check the output directory before any training: returns the resume state, or None for a fresh run.
-
-    A fresh run into a non-empty directory needs overwrite=True (which then empties it).
-    """
-    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir):
-        raise InputTypeError(f"output_dir must be a directory path, got {output_dir!r}")
-    output_dir = os.fspath(output_dir)
-    if resume:
-        return load_state(output_dir, kind)
-    if os.path.exists(output_dir):
-        if not os.path.isdir(output_dir):
-            raise InputError(f"output_dir {output_dir!r} exists and is not a directory")
-        if os.listdir(output_dir):
-            if not overwrite:
-                raise InputError(
-                    f"output_dir {output_dir!r} already holds files; pass overwrite=True (--overwrite) to replace them "
-                    "or resume=True (--resume) to continue the run"
-                )
-            shutil.rmtree(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    return None
-
-
-def open_run(output_dir: str, run_settings: Dict[str, Any], *, resume: bool, overwrite: bool, kind: str) -> Optional[Dict[str, Any]]:
-    """Prepare output_dir for a `kind` run and record its settings.
-
-    Returns the saved state when resuming (after checking it was made with the
-    same settings), else None. Refuses to overwrite without overwrite=True.
-    """
-    saved = prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, kind=kind)
-    if saved is not None:
-        check_same_config(saved["config"], run_settings, state_path(output_dir))
-    save_json(os.path.join(output_dir, f"{kind}_config.json"), run_settings)
-    return saved
-
-
-__all__ = [
-    "STATE_DIR",
-    "STATE_FILE",
-    "state_path",
-    "atomic_torch_save",
-    "save_state",
-    "load_state",
-    "check_same_config",
-    "rng_state",
-    "set_rng_state",
-    "seed_everything",
-    "save_model_atomic",
-    "prepare_output_dir",
-    "open_run",
-    "save_json",
-]
+__all__ = ["STATE_DIR", "STATE_FILE", "PREV_FILE", "state_path", "save_state", "load_state", "check_same_config",
+           "rng_state", "set_rng_state", "seed_everything"]

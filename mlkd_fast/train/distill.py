@@ -46,6 +46,13 @@ from mlkd_fast.train.optim import (
     make_optimizer,
     optimized_params,
 )
+from mlkd_fast.train.rundir import (
+    data_fingerprint,
+    model_shape,
+    open_run,
+    run_lock,
+    weights_fingerprint,
+)
 
 
 @dataclass
@@ -96,25 +103,28 @@ def distill(
     backend = backends.resolve(backend, device)
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
     settings = dict(config_to_dict(cfg), stages=list(stages), layer_map=list(layer_map), backend=backend,
-                    train_rows=len(train), task=spec.name if spec else None)
-    saved = checkpoint.open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind="distill")
-
-    checkpoint.seed_everything(cfg.seed)
-    teacher.to(device).eval()
-    teacher.requires_grad_(False)
-    student.to(device)
-    projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map)).to(device)
-    regression = num_labels == 1
-    run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,
-              model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
-              collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
-              tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections})
-    context = dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
-                   sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
-                   kd_temperature=cfg.kd_temperature, backend=backend)
-    phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
-              for s in stages]
-    return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
+                    train_rows=len(train), task=spec.name if spec else None,
+                    teacher_weights=weights_fingerprint(teacher), teacher_shape=model_shape(teacher),
+                    student_shape=model_shape(student), train_data=data_fingerprint(train),
+                    eval_data=data_fingerprint(dev) if dev is not None else None)
+    with run_lock(output_dir):
+        saved = open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind="distill")
+        checkpoint.seed_everything(cfg.seed)
+        teacher.to(device).eval()
+        teacher.requires_grad_(False)
+        student.to(device)
+        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map)).to(device)
+        regression = num_labels == 1
+        run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,
+                  model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
+                  collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
+                  tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections})
+        context = dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
+                       sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
+                       kd_temperature=cfg.kd_temperature, backend=backend)
+        phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
+                  for s in stages]
+        return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
 
 def _stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir) -> Phase:

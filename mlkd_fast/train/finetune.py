@@ -22,6 +22,7 @@ from mlkd_fast.train.config import FinetuneConfig, config_to_dict
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import check_classifier, check_fits, pad_id, resolve_device
 from mlkd_fast.train.optim import linear_schedule, make_optimizer
+from mlkd_fast.train.rundir import data_fingerprint, model_shape, open_run, run_lock
 
 
 @dataclass
@@ -53,15 +54,23 @@ def finetune(
     regression = num_labels == 1
     device = resolve_device(cfg.device)
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
-    settings = dict(config_to_dict(cfg), train_rows=len(train), task=spec.name if spec else None)
-    saved = checkpoint.open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind="finetune")
+    settings = dict(config_to_dict(cfg), train_rows=len(train), task=spec.name if spec else None,
+                    model_shape=model_shape(model), train_data=data_fingerprint(train),
+                    eval_data=data_fingerprint(dev) if dev is not None else None)
+    with run_lock(output_dir):
+        saved = open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind="finetune")
+        checkpoint.seed_everything(cfg.seed)
+        model.to(device)
+        run = Run(kind="finetune", config=cfg, output_dir=output_dir, settings=settings, model=model,
+                  model_dir=os.path.join(output_dir, "model"), train=train, dev=dev, task=spec,
+                  collate=Collator(pad_id(model, tokenizer), regression=regression), device=device,
+                  tokenizer=tokenizer, progress=progress)
+        return FinetuneResult.of(run, run_phases(run, [_phase(model, cfg, regression, len(train))], saved),
+                                 model_dir=run.model_dir)
 
-    checkpoint.seed_everything(cfg.seed)
-    model.to(device)
-    run = Run(kind="finetune", config=cfg, output_dir=output_dir, settings=settings, model=model,
-              model_dir=os.path.join(output_dir, "model"), train=train, dev=dev, task=spec,
-              collate=Collator(pad_id(model, tokenizer), regression=regression), device=device,
-              tokenizer=tokenizer, progress=progress)
+
+def _phase(model, cfg: FinetuneConfig, regression: bool, train_rows: int) -> Phase:
+    """Fine-tuning as one phase: cross-entropy (MSE for scores), linear decay after warm-up."""
 
     def step(batch):
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
@@ -70,11 +79,10 @@ def finetune(
         return F.cross_entropy(logits, batch["labels"]), {}
 
     optimizer = make_optimizer([model], cfg.learning_rate, cfg.weight_decay)
-    total_steps = num_batches(len(train), cfg.batch_size) * cfg.epochs
-    phase = Phase(stage=0, label="finetune", epochs=cfg.epochs, step=step, optimizer=optimizer,
-                  scheduler=linear_schedule(optimizer, total_steps, cfg.warmup_proportion),
-                  clip_params=list(model.parameters()))
-    return FinetuneResult.of(run, run_phases(run, [phase], saved), model_dir=run.model_dir)
+    total_steps = num_batches(train_rows, cfg.batch_size) * cfg.epochs
+    return Phase(stage=0, label="finetune", epochs=cfg.epochs, step=step, optimizer=optimizer,
+                 scheduler=linear_schedule(optimizer, total_steps, cfg.warmup_proportion),
+                 clip_params=list(model.parameters()))
 
 
 __all__ = ["finetune", "FinetuneResult"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,8 +27,9 @@ import torch.nn as nn
 
 from mlkd_fast.data.batching import Collator, batches, epoch_order, num_batches
 from mlkd_fast.data.metrics import main_metric
-from mlkd_fast.errors import DivergenceError
+from mlkd_fast.errors import DivergenceError, RunInterrupted
 from mlkd_fast.train import checkpoint
+from mlkd_fast.train.atomic import save_json, save_model_atomic
 from mlkd_fast.train.evaluate import evaluate_model
 from mlkd_fast.train.logs import MetricLogger, progress_bar
 
@@ -132,30 +135,35 @@ def run_phases(run: Run, phases: Sequence[Phase], saved: Optional[Dict[str, Any]
         for name, module in run.extra_modules.items():
             module.load_state_dict(saved["modules"][name])
     logger = MetricLogger(os.path.join(run.output_dir, "metrics.jsonl"), os.path.join(run.output_dir, "tensorboard"))
-    try:
-        for phase in phases:
-            if phase.stage < state.stage:
-                continue  # finished before the checkpoint was written
-            if saved is not None and saved["state"]["stage"] == phase.stage:
-                # the checkpoint was written in this phase: continue its optimiser, schedule and RNG streams
-                phase.optimizer.load_state_dict(saved["optimizer"])
-                phase.scheduler.load_state_dict(saved["scheduler"])
-                checkpoint.set_rng_state(saved["rng"])
-            elif state.stage != phase.stage:
-                state.enter_phase(phase.stage)
-            for epoch in range(state.epoch, phase.epochs):
-                _train_epoch(run, phase, state, epoch, logger)
-                _end_epoch(run, phase, state, epoch, logger)
-            if phase.save_at_end:
-                checkpoint.save_model_atomic(run.model, phase.save_at_end, run.tokenizer)
-    finally:
-        logger.close()
-    checkpoint.save_json(os.path.join(run.output_dir, "history.json"),
-                         {"history": state.history, "best": state.best, "metric": run.metric})
+    with StopSignals() as stop:
+        try:
+            _run_phases(run, phases, saved, state, logger, stop)
+        finally:
+            logger.close()
+    save_json(os.path.join(run.output_dir, "history.json"),
+              {"history": state.history, "best": state.best, "metric": run.metric})
     return state
 
 
-def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger) -> None:
+def _run_phases(run: Run, phases: Sequence[Phase], saved, state: RunState, logger, stop: "StopSignals") -> None:
+    for phase in phases:
+        if phase.stage < state.stage:
+            continue  # finished before the checkpoint was written
+        if saved is not None and saved["state"]["stage"] == phase.stage:
+            # the checkpoint was written in this phase: continue its optimiser, schedule and RNG streams
+            phase.optimizer.load_state_dict(saved["optimizer"])
+            phase.scheduler.load_state_dict(saved["scheduler"])
+            checkpoint.set_rng_state(saved["rng"])
+        elif state.stage != phase.stage:
+            state.enter_phase(phase.stage)
+        for epoch in range(state.epoch, phase.epochs):
+            _train_epoch(run, phase, state, epoch, logger, stop)
+            _end_epoch(run, phase, state, epoch, logger)
+        if phase.save_at_end:
+            save_model_atomic(run.model, phase.save_at_end, run.tokenizer)
+
+
+def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger, stop: "StopSignals") -> None:
     cfg = run.config
     order = epoch_order(len(run.train), cfg.seed, phase.stage * 100_000 + epoch)
     total = num_batches(len(run.train), cfg.batch_size)
@@ -182,7 +190,34 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
                     "lr": phase.scheduler.get_last_lr()[0], **terms}, step=state.global_step)
         if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
             _save_state(run, phase, state)
+        if stop.received:
+            _save_state(run, phase, state)
+            bar.close()
+            raise RunInterrupted(f"{stop.received} received: stopped after global step {state.global_step} "
+                                 f"({phase.label}, epoch {epoch + 1}); checkpoint written to {run.output_dir}")
     bar.close()
+
+
+class StopSignals:
+    """While a run trains, SIGINT/SIGTERM ask it to stop at the next step boundary, after writing a checkpoint
+    (RunInterrupted then says how to resume); a second signal stops at once. Main thread only (Python's rule)."""
+
+    def __enter__(self) -> "StopSignals":
+        self.received: Optional[str] = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _check_finite(what: str, value: torch.Tensor, terms: Dict[str, float], phase: Phase, state: RunState, epoch: int):
@@ -212,7 +247,7 @@ def _end_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Metr
         # without dev data the latest epoch is kept
         if state.best is None or value is None or value > state.best["value"]:
             state.best = {"value": value, **_where(phase, epoch)}
-            checkpoint.save_model_atomic(run.model, run.model_dir, run.tokenizer)
+            save_model_atomic(run.model, run.model_dir, run.tokenizer)
     state.finish_epoch()
     _save_state(run, phase, state)
 

@@ -193,7 +193,7 @@ def test_resume_needs_a_valid_checkpoint_and_output_is_never_overwritten_silentl
     corrupt = tmp_path / "corrupt" / "checkpoint"
     corrupt.mkdir(parents=True)
     (corrupt / "state.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt or unreadable"):
+    with pytest.raises(ValueError, match="is not an mlkd_fast checkpoint"):
         distill(teacher, student, tokenized_dataset(8), config=_cfg(), output_dir=str(tmp_path / "corrupt"), resume=True,
                 backend="torch", progress=False)
     used = tmp_path / "used"
@@ -206,7 +206,7 @@ def test_resume_needs_a_valid_checkpoint_and_output_is_never_overwritten_silentl
     distill(teacher, student, tokenized_dataset(8), config=_cfg(stage2_epochs=0), output_dir=str(used), overwrite=True,
             stages=(1,), backend="torch", progress=False)
     assert not (used / "keep.txt").exists()
-    with pytest.raises(ValueError, match="settings differ.*learning_rate"):
+    with pytest.raises(ValueError, match="not the same run.*learning_rate"):
         distill(teacher, student, tokenized_dataset(8), config=_cfg(stage2_epochs=0, learning_rate=1e-4), output_dir=str(used),
                 resume=True, stages=(1,), backend="torch", progress=False)
 
