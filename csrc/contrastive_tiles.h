@@ -55,8 +55,8 @@ struct ConPacks {
   void fill(const ContrastiveArgs<T>& a, long Np, long Dp) {
 #pragma omp for schedule(static)
     for (long r0 = 0; r0 < Np; r0 += PAD) {
-      pack_rows(rows + r0 * Dp, Dp, a.x, a.x_sn, a.x_sd, r0, PAD, a.N - r0, a.D);
-      pack_panels(cols, a.x, a.x_sn, a.x_sd, a.N, r0, r0 + PAD, a.D);
+      pack_rows(rows + r0 * Dp, Dp, a.x, a.x_sn, a.x_sd, r0, PAD, a.N - r0, a.D, nullptr);
+      pack_panels(cols, a.x, a.x_sn, a.x_sd, a.N, r0, r0 + PAD, a.D, nullptr);
     }
   }
   ~ConPacks() {

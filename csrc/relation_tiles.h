@@ -110,10 +110,10 @@ static bool relation_forward_pairs(const RelationArgs<T>& a, long b, long sp, Fw
   {
     long p0, p1;
     part_range(Lp, part, nparts, &p0, &p1);
-    pack_rows(pk.qt + p0 * dt, dt, tb, a.t_sl, a.t_sd, p0, p1 - p0, L - p0, dt);
-    pack_rows(pk.qs + p0 * ds, ds, sb, a.s_sl, a.s_sd, p0, p1 - p0, L - p0, ds);
-    pack_panels(pk.kt, tb, a.t_sl, a.t_sd, L, p0, p1, dt);
-    pack_panels(pk.ks, sb, a.s_sl, a.s_sd, L, p0, p1, ds);
+    pack_rows(pk.qt + p0 * dt, dt, tb, a.t_sl, a.t_sd, p0, p1 - p0, L - p0, dt, m);
+    pack_rows(pk.qs + p0 * ds, ds, sb, a.s_sl, a.s_sd, p0, p1 - p0, L - p0, ds, m);
+    pack_panels(pk.kt, tb, a.t_sl, a.t_sd, L, p0, p1, dt, m);
+    pack_panels(pk.ks, sb, a.s_sl, a.s_sd, L, p0, p1, ds, m);
     if (nparts > 1) {
 #pragma omp barrier
     }
@@ -373,10 +373,10 @@ static bool relation_backward_unit(const RelationArgs<T>& a, long b, long sp, Bw
   {
     long p0, p1;
     part_range(Lp, part, nparts, &p0, &p1);
-    pack_rows(pk.xs + p0 * dsp, dsp, sb, a.s_sl, a.s_sd, p0, p1 - p0, L - p0, ds);
-    pack_panels(pk.xsT, sb, a.s_sl, a.s_sd, L, p0, p1, ds);
-    pack_rows(pk.xt + p0 * dtp, dtp, tb, a.t_sl, a.t_sd, p0, p1 - p0, L - p0, dt);
-    pack_panels(pk.xtT, tb, a.t_sl, a.t_sd, L, p0, p1, dt);
+    pack_rows(pk.xs + p0 * dsp, dsp, sb, a.s_sl, a.s_sd, p0, p1 - p0, L - p0, ds, m);
+    pack_panels(pk.xsT, sb, a.s_sl, a.s_sd, L, p0, p1, ds, m);
+    pack_rows(pk.xt + p0 * dtp, dtp, tb, a.t_sl, a.t_sd, p0, p1 - p0, L - p0, dt, m);
+    pack_panels(pk.xtT, tb, a.t_sl, a.t_sd, L, p0, p1, dt, m);
     if (nparts > 1) {
 #pragma omp barrier
     }

@@ -126,13 +126,15 @@ static inline void sum_in_order(T* out, long len, int n, T scale, Part part) {
 }
 
 // dst[r * ld + k] = x(i0 + r, k) for r < rows, k < d; zero for rows
-// >= avail and for columns d..ld.
+// >= avail, for padded rows (m[i0 + r] false; m may be null) and for
+// columns d..ld. Padded rows are never read: they may hold anything, NaN too.
 template <typename T>
-static void pack_rows(T* dst, long ld, const T* src, long sl, long sd, long i0, long rows, long avail, long d) {
+static void pack_rows(T* dst, long ld, const T* src, long sl, long sd, long i0, long rows, long avail, long d,
+                      const bool* m) {
   for (long r = 0; r < rows; ++r) {
     T* o = dst + r * ld;
     long k = 0;
-    if (r < avail) {
+    if (r < avail && (m == nullptr || m[i0 + r])) {
       const T* in = src + (i0 + r) * sl;
       if (sd == 1)
         for (; k < d; ++k) o[k] = in[k];
@@ -145,13 +147,14 @@ static void pack_rows(T* dst, long ld, const T* src, long sl, long sd, long i0, 
 
 // Keys as columns in panels of NR keys (the layout gemm_pb reads):
 // dst[((j / NR) * d + k) * NR + j % NR] = x(j, k) for j < n, zero for
-// n <= j; keys j in [from, to) only (threads may pack disjoint ranges).
+// n <= j and for padded keys (m[j] false; m may be null); keys j in
+// [from, to) only (threads may pack disjoint ranges).
 template <typename T>
-static void pack_panels(T* dst, const T* src, long sl, long sd, long n, long from, long to, long d) {
+static void pack_panels(T* dst, const T* src, long sl, long sd, long n, long from, long to, long d, const bool* m) {
   constexpr long nr = NR<T>();
   for (long j = from; j < to; ++j) {
     T* o = dst + (j / nr) * d * nr + j % nr;
-    if (j < n) {
+    if (j < n && (m == nullptr || m[j])) {
       const T* in = src + j * sl;
       if (sd == 1)
         for (long k = 0; k < d; ++k) o[k * nr] = in[k];

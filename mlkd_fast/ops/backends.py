@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -38,15 +39,27 @@ def cpp_import_error() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def triton_kernels():
-    """The Triton kernel package, or None when triton is not importable."""
+def _load_triton():
+    """(the Triton kernel package or None, why not). Not installed is an ImportError; anything else raised
+    while importing (a broken install, a driver mismatch) is kept, with its type, to be reported."""
     try:
         import triton  # noqa: F401
 
         from mlkd_fast import kernels
-    except Exception:  # triton raises various errors when no driver is found
-        return None
-    return kernels
+    except ImportError as e:
+        return None, f"triton is not importable ({e})"
+    except Exception as e:  # a broken install raises all sorts of errors: say which, never hide it
+        return None, f"importing triton failed: {type(e).__name__}: {e}"
+    return kernels, ""
+
+
+def triton_kernels():
+    """The Triton kernel package, or None when triton cannot be imported (triton_import_error() says why)."""
+    return _load_triton()[0]
+
+
+def triton_import_error() -> str:
+    return _load_triton()[1]
 
 
 def triton_interpreter() -> bool:
@@ -61,6 +74,11 @@ def _cpp_complete() -> bool:
 
 def _triton_usable() -> bool:
     return triton_kernels() is not None and (torch.cuda.is_available() or triton_interpreter())
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def available_backends() -> list:
@@ -82,6 +100,9 @@ def resolve(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if device.type == "cuda" and _triton_usable():
             return "triton"
+        if device.type == "cuda":
+            _warn_once(f"backend='auto' runs CUDA tensors on the eager torch reference (full L x L matrices), "
+                       f"not the Triton kernels: {triton_import_error()}")
         if device.type == "cpu" and _cpp_complete():
             return "cpp"
         return "torch"
@@ -95,7 +116,7 @@ def resolve(backend: str, device: torch.device) -> str:
             raise InputError(f"backend='cpp' runs on CPU tensors only, got tensors on {device}")
     if backend == "triton":
         if triton_kernels() is None:
-            raise BackendError("backend='triton' was requested but triton is not importable; `pip install triton`")
+            raise BackendError(f"backend='triton' was requested but {triton_import_error()}; `pip install triton`")
         if device.type == "cpu" and not triton_interpreter():
             raise InputError(
                 "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on CPU tensors "

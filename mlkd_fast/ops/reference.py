@@ -43,6 +43,8 @@ def relation_kl(
     B, L, _ = t.shape
     if mask is None:
         mask = torch.ones(B, L, dtype=torch.bool, device=t.device)
+    else:  # padded positions are never read: they may hold anything, NaN too
+        t, s = t.masked_fill(~mask[..., None], 0.0), s.masked_fill(~mask[..., None], 0.0)
     key_valid = mask | ~mask.any(dim=1, keepdim=True)
     log_p = relation_log_probs(t, splits, key_valid)
     log_q = relation_log_probs(s, splits, key_valid)

@@ -41,6 +41,9 @@ def _run(name: str, teacher, student, splits: int, mask):
     if name == "triton":
         from mlkd_fast.kernels.relation_kl import relation_kl as triton_relation_kl
 
+        if mask is not None:  # padded positions are never read (the C++ kernels zero them while packing)
+            teacher = teacher.masked_fill(~mask[..., None], 0.0)
+            student = student.masked_fill(~mask[..., None], 0.0)
         return triton_relation_kl(teacher, student, splits, mask)
     raise NotImplementedError(f"backend {name!r} is not wired for relation_kl")
 
