@@ -227,7 +227,7 @@ def _check_finite(what: str, value: torch.Tensor, terms: Dict[str, float], phase
     bad = [k for k, v in terms.items() if not math.isfinite(v)]
     where = f"{phase.label}, epoch {epoch + 1}, step {state.step + 1} of the epoch (global step {state.global_step + 1})"
     raise DivergenceError(
-        f"the {what} is {float(value)} at {where}"
+        f"the {what} is {float(value.detach())} at {where}"
         + (f"; non-finite terms: {bad}" if bad else "")
         + ". The run stopped before saving this step: the last checkpoint and the kept model are from before it. "
         "Lower the learning rate, check the data for non-finite values, or clip gradients (max_grad_norm)."
