@@ -21,6 +21,7 @@ from mlkd_fast.train.config import (
     config_from_dict,
     load_config_file,
 )
+from mlkd_fast.train.rundir import check_output_dir
 
 STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init")
 EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
@@ -193,6 +194,7 @@ def cmd_finetune(args) -> int:
     task = _require_task(args, file)
     spec = get_task(task)
     cfg = _train_config(FinetuneConfig, args, _section(file, "finetune"), dict(COMMON_FLAGS, epochs="epochs"))
+    check_output_dir(args.output_dir)
     train, dev = _load_data(args, file, task, need_train=True)
     model_dir = args.model or pretrained_teacher_dir()
     import torch
@@ -246,6 +248,7 @@ def cmd_distill(args) -> int:
     num_labels = get_task(task).num_labels
     if not os.path.isdir(args.teacher):
         raise InputError(f"--teacher directory {args.teacher!r} does not exist")
+    check_output_dir(args.output_dir)
     train, dev = _load_data(args, file, task, need_train=True)
     teacher, tokenizer = load_for_task(args.teacher, num_labels, require_head=True, role="--teacher")
     student = _student(args, file, teacher, cfg, num_labels)

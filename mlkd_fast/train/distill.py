@@ -47,6 +47,7 @@ from mlkd_fast.train.optim import (
     optimized_params,
 )
 from mlkd_fast.train.rundir import (
+    check_output_dir,
     data_fingerprint,
     model_shape,
     open_run,
@@ -86,6 +87,7 @@ def distill(
     if not isinstance(cfg, DistillConfig):
         raise InputTypeError(f"config must be a DistillConfig, got {type(cfg).__name__}")
     cfg.validate()
+    check_output_dir(output_dir)
     stages = _check_stages(stages, cfg)
     spec = get_task(task) if task is not None else None
     teacher, student = as_model(teacher, "teacher"), as_model(student, "student")

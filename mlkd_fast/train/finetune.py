@@ -22,7 +22,13 @@ from mlkd_fast.train.config import FinetuneConfig, config_to_dict
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import check_classifier, check_fits, pad_id, resolve_device
 from mlkd_fast.train.optim import linear_schedule, make_optimizer
-from mlkd_fast.train.rundir import data_fingerprint, model_shape, open_run, run_lock
+from mlkd_fast.train.rundir import (
+    check_output_dir,
+    data_fingerprint,
+    model_shape,
+    open_run,
+    run_lock,
+)
 
 
 @dataclass
@@ -48,6 +54,7 @@ def finetune(
     if not isinstance(cfg, FinetuneConfig):
         raise InputTypeError(f"config must be a FinetuneConfig, got {type(cfg).__name__}")
     cfg.validate()
+    check_output_dir(output_dir)
     spec = get_task(task) if task is not None else None
     num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
     check_fits(model, "model", cfg.max_seq_length, tokenizer)

@@ -31,6 +31,19 @@ def _check_path(output_dir) -> str:
     return os.path.abspath(os.fspath(output_dir))
 
 
+def check_output_dir(output_dir) -> str:
+    """Before any work: output_dir is, or can become, a writable folder (its nearest existing ancestor is one)."""
+    path = _check_path(output_dir)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InputError(f"output_dir {output_dir!r} cannot be written: {probe!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"output_dir {output_dir!r} cannot be written: no write permission in {probe!r}")
+    return path
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -48,8 +61,11 @@ def run_lock(output_dir) -> Iterator[None]:
     The lock lives beside the folder, not in it, so that --overwrite can empty the folder while holding it.
     A lock whose process is gone (same host) is stale and taken over.
     """
-    path = _check_path(output_dir).rstrip(os.sep) + ".lock"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = check_output_dir(output_dir).rstrip(os.sep) + ".lock"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise InputError(f"output_dir {output_dir!r} cannot be written: {e.strerror or e}") from e
     me = f"{os.getpid()} {socket.gethostname()}"
     while True:
         try:
@@ -185,5 +201,5 @@ def model_shape(model: torch.nn.Module) -> Dict[str, Any]:
     return {k: getattr(cfg, k, None) for k in keys}
 
 
-__all__ = ["run_lock", "prepare_output_dir", "open_run", "clean_leftovers", "truncate_metrics",
+__all__ = ["check_output_dir", "run_lock", "prepare_output_dir", "open_run", "clean_leftovers", "truncate_metrics",
            "weights_fingerprint", "data_fingerprint", "model_shape", "MODEL_DIRS"]
