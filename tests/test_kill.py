@@ -7,6 +7,7 @@ thread count), so this is what a user's killed job and its `--resume` do.
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -49,6 +50,15 @@ def job(tmp_path_factory):
     return tmp, args
 
 
+@pytest.fixture(scope="module")
+def reference(job):
+    """The uninterrupted run, once: its student and its number of training steps."""
+    tmp, args = job
+    res = _run(args, tmp / "ref")
+    assert res.returncode == 0, res.stderr
+    return _student(tmp / "ref"), _train_steps(tmp / "ref")
+
+
 def _run(args, out, point="-", nth=0, resume=False, background=False):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     cmd = [sys.executable, "-c", CHILD, point, str(nth), *args, "--output-dir", str(out)] + (["--resume"] if resume else [])
@@ -71,11 +81,9 @@ def _student(out):
     return load_file(os.path.join(out, "student", "model.safetensors"))
 
 
-def test_killed_and_resumed_runs_end_with_the_uninterrupted_student(job):
+def test_killed_and_resumed_runs_end_with_the_uninterrupted_student(job, reference):
     tmp, args = job
-    ref = _run(args, tmp / "ref")
-    assert ref.returncode == 0, ref.stderr
-    total = _train_steps(tmp / "ref")  # 12 steps: 24 rows / 8 per batch x 4 epochs
+    a, total = reference  # 12 steps: 24 rows / 8 per batch x 4 epochs
     out, rng, kills, resume = tmp / "run", random.Random(0), 0, False
     # three kills at random steps, then one inside a checkpoint write and one inside a model save
     plan = [("-", 0)] * 3 + [("state:written-tmp", 2), ("model:saved-tmp", 1)]
@@ -96,8 +104,24 @@ def test_killed_and_resumed_runs_end_with_the_uninterrupted_student(job):
     final = _run(args, out, resume=resume)
     assert final.returncode == 0, final.stderr
     assert kills >= 3, "the runs finished before they could be killed"
-    a, b = _student(tmp / "ref"), _student(out)
+    b = _student(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl") if '"kind": "train"' in line]
     assert steps == list(range(1, total + 1))  # each step logged once, replays included
     assert not [f for f in os.listdir(out) if f.endswith((".tmp", ".old"))] and not os.path.exists(str(out) + ".lock")
+
+
+def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(job, reference):
+    tmp, args = job
+    out = tmp / "sigint"
+    proc = _run(args, out, background=True)
+    while proc.poll() is None and _train_steps(out) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGINT received: stopped after global step" in err and "resume with: mlkd-fast distill" in err, err
+    assert "Traceback" not in err
+    assert _run(args, out, resume=True).returncode == 0
+    b = _student(out)
+    assert all(torch.equal(reference[0][k], b[k]) for k in b)
