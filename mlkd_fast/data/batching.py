@@ -1,7 +1,7 @@
 """Seeded batch order and dynamic-padding collation: a pure function of (seed, epoch), so resume replays it."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, Sequence
+from typing import Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,18 +36,29 @@ class Collator:
         return batch
 
 
-def batches(ds, order: Sequence[int], batch_size: int, collate: Collator, start: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
-    """Yield collated batches of `ds` in `order`, skipping the first `start` batches (resume)."""
+def batches(ds, order: Sequence[int], batch_size: int, collate: Collator, start: int = 0,
+            shard: Tuple[int, int] = (0, 1)) -> Iterator[Dict[str, torch.Tensor]]:
+    """Yield collated batches of `ds` in `order`, skipping the first `start` batches (resume).
+
+    shard=(rank, world): each global batch is cut into `world` equal contiguous shards and rank's shard is
+    yielded; a final partial batch is cut down to a multiple of `world` rows (a whole batch when smaller).
+    """
+    rank, world = shard
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds.column_names]
-    for b in range(start, (len(order) + batch_size - 1) // batch_size):
+    for b in range(start, num_batches(len(order), batch_size, world)):
         idx = [int(i) for i in order[b * batch_size : (b + 1) * batch_size]]
+        if world > 1:
+            per_rank = len(idx) // world
+            idx = idx[rank * per_rank : (rank + 1) * per_rank]
         chunk = ds[idx]
         rows = [{c: chunk[c][i] for c in cols} for i in range(len(idx))]
         yield collate(rows)
 
 
-def num_batches(n: int, batch_size: int) -> int:
-    return (n + batch_size - 1) // batch_size
+def num_batches(n: int, batch_size: int, world: int = 1) -> int:
+    """Batches per epoch: every full batch, and the final partial one when it has a row for every rank."""
+    full, tail = divmod(n, batch_size)
+    return full + (1 if tail >= world else 0)
 
 
 __all__ = ["epoch_order", "Collator", "batches", "num_batches"]

@@ -25,6 +25,7 @@ from mlkd_fast.ops import backends
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.capture import capture_features, encoder_layers
 from mlkd_fast.train.config import DistillConfig, config_to_dict
+from mlkd_fast.train.distributed import Dist, check_global_batch
 from mlkd_fast.train.layer_map import resolve_layer_map
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import (
@@ -50,8 +51,7 @@ from mlkd_fast.train.rundir import (
     check_output_dir,
     data_fingerprint,
     model_shape,
-    open_run,
-    run_lock,
+    start_run,
     weights_fingerprint,
 )
 
@@ -101,7 +101,9 @@ def distill(
         raise InputError(f"the student's vocabulary ({student.config.vocab_size} tokens) differs from the teacher's "
                          f"({teacher.config.vocab_size}): both read the same input_ids")
     layer_map = _check_shapes(teacher, student, cfg, stages)
-    device = resolve_device(cfg.device)
+    dist = Dist.from_env(resolve_device(cfg.device))
+    check_global_batch(cfg.batch_size, dist)
+    device = dist.device
     backend = backends.resolve(backend, device)
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
     settings = dict(config_to_dict(cfg), stages=list(stages), layer_map=list(layer_map), backend=backend,
@@ -109,8 +111,7 @@ def distill(
                     teacher_weights=weights_fingerprint(teacher), teacher_shape=model_shape(teacher),
                     student_shape=model_shape(student), train_data=data_fingerprint(train),
                     eval_data=data_fingerprint(dev) if dev is not None else None)
-    with run_lock(output_dir):
-        saved = open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind="distill")
+    with start_run(dist, output_dir, settings, resume=resume, overwrite=overwrite, kind="distill") as saved:
         checkpoint.seed_everything(cfg.seed)
         teacher.to(device).eval()
         teacher.requires_grad_(False)
@@ -120,10 +121,10 @@ def distill(
         run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
                   collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
-                  tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections})
+                  tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections}, dist=dist)
         context = dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
                        sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
-                       kd_temperature=cfg.kd_temperature, backend=backend)
+                       kd_temperature=cfg.kd_temperature, backend=backend, dist=dist)
         phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
                   for s in stages]
         return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
@@ -139,7 +140,10 @@ def _stage_phase(stage, stages, cfg, teacher, student, projections, context, tra
             t_feat = capture_features(teacher, batch, mha=token_level, token_embeddings=token_level)
         s_feat = capture_features(student, batch, mha=token_level, token_embeddings=token_level)
         labels = None if context["is_regression"] else batch["labels"]
-        ctx = LossContext(mask=batch["attention_mask"].bool(), labels=labels, **context)
+        mask = batch["attention_mask"].bool()
+        dist = context["dist"]
+        shares = {"token": dist.share(int(mask.sum())), "sample": dist.share(mask.shape[0])} if dist.enabled else {}
+        ctx = LossContext(mask=mask, labels=labels, shares=shares, **context)
         return stage_loss(weights, t_feat, s_feat, ctx)
 
     # stage 1 learns the hidden-state projections W_n, stage 2 the contrastive one
@@ -149,7 +153,8 @@ def _stage_phase(stage, stages, cfg, teacher, student, projections, context, tra
     if stage == 1:
         scheduler = constant_schedule(optimizer)
     else:
-        scheduler = linear_schedule(optimizer, num_batches(train_rows, cfg.batch_size) * epochs, cfg.warmup_proportion)
+        steps = num_batches(train_rows, cfg.batch_size, context["dist"].world) * epochs
+        scheduler = linear_schedule(optimizer, steps, cfg.warmup_proportion)
     final = stage == stages[-1]
     return Phase(stage=stage, label=f"stage {stage}", epochs=epochs, step=step, optimizer=optimizer,
                  scheduler=scheduler, clip_params=optimized_params(optimizer), keep_best=final,

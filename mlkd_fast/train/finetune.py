@@ -19,6 +19,7 @@ from mlkd_fast.data.tasks import get_task
 from mlkd_fast.errors import InputTypeError
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.config import FinetuneConfig, config_to_dict
+from mlkd_fast.train.distributed import Dist, check_global_batch
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import check_classifier, check_fits, pad_id, resolve_device
 from mlkd_fast.train.optim import linear_schedule, make_optimizer
@@ -26,8 +27,7 @@ from mlkd_fast.train.rundir import (
     check_output_dir,
     data_fingerprint,
     model_shape,
-    open_run,
-    run_lock,
+    start_run,
 )
 
 
@@ -59,34 +59,38 @@ def finetune(
     num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
     check_fits(model, "model", cfg.max_seq_length, tokenizer)
     regression = num_labels == 1
-    device = resolve_device(cfg.device)
+    dist = Dist.from_env(resolve_device(cfg.device))
+    check_global_batch(cfg.batch_size, dist)
+    device = dist.device
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
     settings = dict(config_to_dict(cfg), train_rows=len(train), task=spec.name if spec else None,
                     model_shape=model_shape(model), train_data=data_fingerprint(train),
                     eval_data=data_fingerprint(dev) if dev is not None else None)
-    with run_lock(output_dir):
-        saved = open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind="finetune")
+    with start_run(dist, output_dir, settings, resume=resume, overwrite=overwrite, kind="finetune") as saved:
         checkpoint.seed_everything(cfg.seed)
         model.to(device)
         run = Run(kind="finetune", config=cfg, output_dir=output_dir, settings=settings, model=model,
                   model_dir=os.path.join(output_dir, "model"), train=train, dev=dev, task=spec,
                   collate=Collator(pad_id(model, tokenizer), regression=regression), device=device,
-                  tokenizer=tokenizer, progress=progress)
-        return FinetuneResult.of(run, run_phases(run, [_phase(model, cfg, regression, len(train))], saved),
+                  tokenizer=tokenizer, progress=progress, dist=dist)
+        return FinetuneResult.of(run, run_phases(run, [_phase(model, cfg, regression, len(train), dist)], saved),
                                  model_dir=run.model_dir)
 
 
-def _phase(model, cfg: FinetuneConfig, regression: bool, train_rows: int) -> Phase:
+def _phase(model, cfg: FinetuneConfig, regression: bool, train_rows: int, dist: Dist) -> Phase:
     """Fine-tuning as one phase: cross-entropy (MSE for scores), linear decay after warm-up."""
 
     def step(batch):
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
         if regression:
-            return F.mse_loss(logits.view(-1), batch["labels"]), {}
-        return F.cross_entropy(logits, batch["labels"]), {}
+            loss = F.mse_loss(logits.view(-1), batch["labels"])
+        else:
+            loss = F.cross_entropy(logits, batch["labels"])
+        share = dist.share(len(batch["labels"]))  # a mean over this rank's samples -> its part of the global mean
+        return (loss * share if share != 1.0 else loss), {}
 
     optimizer = make_optimizer([model], cfg.learning_rate, cfg.weight_decay)
-    total_steps = num_batches(train_rows, cfg.batch_size) * cfg.epochs
+    total_steps = num_batches(train_rows, cfg.batch_size, dist.world) * cfg.epochs
     return Phase(stage=0, label="finetune", epochs=cfg.epochs, step=step, optimizer=optimizer,
                  scheduler=linear_schedule(optimizer, total_steps, cfg.warmup_proportion),
                  clip_params=list(model.parameters()))

@@ -9,10 +9,10 @@ from typing import Dict, Optional
 class MetricLogger:
     """Appends one JSON object per line to `path`; mirrors scalars to TensorBoard when it is installed."""
 
-    def __init__(self, path: str, tensorboard_dir: Optional[str] = None):
-        self.path = path
+    def __init__(self, path: str, tensorboard_dir: Optional[str] = None, enabled: bool = True):
+        self.path = path if enabled else None  # disabled: a data-parallel rank other than 0 writes nothing
         self.writer = None
-        if tensorboard_dir is not None:
+        if tensorboard_dir is not None and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -21,6 +21,8 @@ class MetricLogger:
                 self.writer = None
 
     def log(self, record: Dict, step: Optional[int] = None) -> None:
+        if self.path is None:
+            return
         record = dict(record, time=round(time.time(), 3))
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

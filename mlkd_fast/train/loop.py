@@ -30,6 +30,7 @@ from mlkd_fast.data.metrics import main_metric
 from mlkd_fast.errors import DivergenceError, RunInterrupted
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.atomic import save_json, save_model_atomic
+from mlkd_fast.train.distributed import SINGLE, Dist
 from mlkd_fast.train.evaluate import evaluate_model
 from mlkd_fast.train.logs import MetricLogger, progress_bar
 
@@ -106,6 +107,7 @@ class Run:
     tokenizer: Any = None
     progress: bool = True
     extra_modules: Dict[str, nn.Module] = field(default_factory=dict)  # trained beside the model (projections)
+    dist: Dist = SINGLE  # the ranks of a data-parallel run; rank 0 alone writes files
 
     @property
     def metric(self) -> Optional[str]:
@@ -134,14 +136,17 @@ def run_phases(run: Run, phases: Sequence[Phase], saved: Optional[Dict[str, Any]
         run.model.load_state_dict(saved["modules"]["model"])
         for name, module in run.extra_modules.items():
             module.load_state_dict(saved["modules"][name])
-    logger = MetricLogger(os.path.join(run.output_dir, "metrics.jsonl"), os.path.join(run.output_dir, "tensorboard"))
+    logger = MetricLogger(os.path.join(run.output_dir, "metrics.jsonl"), os.path.join(run.output_dir, "tensorboard"),
+                          enabled=run.dist.is_main)
     with StopSignals() as stop:
         try:
             _run_phases(run, phases, saved, state, logger, stop)
         finally:
             logger.close()
-    save_json(os.path.join(run.output_dir, "history.json"),
-              {"history": state.history, "best": state.best, "metric": run.metric})
+    if run.dist.is_main:
+        save_json(os.path.join(run.output_dir, "history.json"),
+                  {"history": state.history, "best": state.best, "metric": run.metric})
+    run.dist.barrier()
     return state
 
 
@@ -153,36 +158,38 @@ def _run_phases(run: Run, phases: Sequence[Phase], saved, state: RunState, logge
             # the checkpoint was written in this phase: continue its optimiser, schedule and RNG streams
             phase.optimizer.load_state_dict(saved["optimizer"])
             phase.scheduler.load_state_dict(saved["scheduler"])
-            checkpoint.set_rng_state(saved["rng"])
+            _restore_rng(run, saved, state)
         elif state.stage != phase.stage:
             state.enter_phase(phase.stage)
         for epoch in range(state.epoch, phase.epochs):
             _train_epoch(run, phase, state, epoch, logger, stop)
             _end_epoch(run, phase, state, epoch, logger)
-        if phase.save_at_end:
+        if phase.save_at_end and run.dist.is_main:
             save_model_atomic(run.model, phase.save_at_end, run.tokenizer)
 
 
 def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger, stop: "StopSignals") -> None:
-    cfg = run.config
+    cfg, dist = run.config, run.dist
     order = epoch_order(len(run.train), cfg.seed, phase.stage * 100_000 + epoch)
-    total = num_batches(len(run.train), cfg.batch_size)
-    bar = progress_bar(total, state.step, f"{phase.label} epoch {epoch + 1}/{phase.epochs}", run.progress)
+    total = num_batches(len(run.train), cfg.batch_size, dist.world)
+    bar = progress_bar(total, state.step, f"{phase.label} epoch {epoch + 1}/{phase.epochs}", run.progress and dist.is_main)
     run.model.train()
-    for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step):
+    for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step, shard=(dist.rank, dist.world)):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         loss, terms = phase.step(batch)
-        _check_finite("loss", loss, terms, phase, state, epoch)
+        # the global values of the terms (this rank's shares averaged over ranks) and whether any rank was signalled
+        terms, stops = dist.mean(dict(terms, loss=float(loss.detach())), extra=float(stop.received is not None))
+        _check_finite("loss", terms["loss"], terms, phase, state, epoch)
         phase.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(phase.clip_params)
         # the norm is always taken (max_norm=inf scales by exactly 1): a non-finite gradient stops the run
         # before the optimiser writes it into the weights
         norm = nn.utils.clip_grad_norm_(phase.clip_params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        _check_finite("gradient norm", norm, terms, phase, state, epoch)
+        _check_finite("gradient norm", float(norm), terms, phase, state, epoch)
         phase.optimizer.step()
         phase.scheduler.step()
 
-        terms = dict(terms, loss=float(loss.detach()))
         state.add_step(terms)
         bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()})
         bar.update(1)
@@ -190,11 +197,14 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
                     "lr": phase.scheduler.get_last_lr()[0], **terms}, step=state.global_step)
         if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
             _save_state(run, phase, state)
-        if stop.received:
+        # one process: stop at the end of the step the signal arrived in; data parallel: every rank stops at the
+        # same step, after the one whose start saw a signal on any rank (the flag rides on the terms' all-reduce)
+        if (stops if dist.enabled else stop.received):
             _save_state(run, phase, state)
             bar.close()
-            raise RunInterrupted(f"{stop.received} received: stopped after global step {state.global_step} "
-                                 f"({phase.label}, epoch {epoch + 1}); checkpoint written to {run.output_dir}")
+            raise RunInterrupted(f"{stop.received or 'a signal to another rank'} received: stopped after global step "
+                                 f"{state.global_step} ({phase.label}, epoch {epoch + 1}); checkpoint written to "
+                                 f"{run.output_dir}")
     bar.close()
 
 
@@ -220,14 +230,15 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def _check_finite(what: str, value: torch.Tensor, terms: Dict[str, float], phase: Phase, state: RunState, epoch: int):
-    """Stop a diverging run loudly, naming where and which loss terms; nothing of this step is saved."""
-    if bool(torch.isfinite(value).all()):
+def _check_finite(what: str, value: float, terms: Dict[str, float], phase: Phase, state: RunState, epoch: int):
+    """Stop a diverging run loudly, naming where and which loss terms; nothing of this step is saved.
+    The values are the same on every rank (reduced), so every rank stops at the same step."""
+    if math.isfinite(value):
         return
     bad = [k for k, v in terms.items() if not math.isfinite(v)]
     where = f"{phase.label}, epoch {epoch + 1}, step {state.step + 1} of the epoch (global step {state.global_step + 1})"
     raise DivergenceError(
-        f"the {what} is {float(value.detach())} at {where}"
+        f"the {what} is {value} at {where}"
         + (f"; non-finite terms: {bad}" if bad else "")
         + ". The run stopped before saving this step: the last checkpoint and the kept model are from before it. "
         "Lower the learning rate, check the data for non-finite values, or clip gradients (max_grad_norm)."
@@ -237,9 +248,10 @@ def _check_finite(what: str, value: torch.Tensor, terms: Dict[str, float], phase
 def _end_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger) -> None:
     """Dev metrics, the epoch's history record, the best model, and a checkpoint."""
     record = {**_where(phase, epoch), "steps": state.count, **state.epoch_means()}
-    if run.dev is not None:
+    if run.dev is not None and run.dist.is_main:  # rank 0 evaluates; every rank gets its metrics
         record["metrics"] = evaluate_model(run.model, run.dev, run.task, run.config.eval_batch_size, run.device,
                                            run.collate.pad_token_id)
+    record = run.dist.broadcast_object(record)
     state.history.append(record)
     logger.log(dict(record, kind="epoch"), step=state.global_step)
     if phase.keep_best:
@@ -247,7 +259,8 @@ def _end_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Metr
         # without dev data the latest epoch is kept
         if state.best is None or value is None or value > state.best["value"]:
             state.best = {"value": value, **_where(phase, epoch)}
-            save_model_atomic(run.model, run.model_dir, run.tokenizer)
+            if run.dist.is_main:
+                save_model_atomic(run.model, run.model_dir, run.tokenizer)
     state.finish_epoch()
     _save_state(run, phase, state)
 
@@ -258,12 +271,25 @@ def _where(phase: Phase, epoch: int) -> Dict[str, int]:
 
 
 def _save_state(run: Run, phase: Phase, state: RunState) -> None:
+    """Rank 0 writes the state (weights and optimiser are the same on every rank); every rank's RNG goes in."""
+    rngs = run.dist.gather_objects(checkpoint.rng_state())
+    if not run.dist.is_main:
+        return
     modules = {"model": run.model.state_dict(), **{n: m.state_dict() for n, m in run.extra_modules.items()}}
     checkpoint.save_state(run.output_dir, {
         "kind": run.kind, "config": run.settings, "state": state.to_dict(), "modules": modules,
         "optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict(),
-        "rng": checkpoint.rng_state(),
+        "rng": rngs[0], **({"rng_ranks": rngs} if run.dist.enabled else {}),
     })
+
+
+def _restore_rng(run: Run, saved: Dict[str, Any], state: RunState) -> None:
+    """This rank's RNG streams as saved; on another number of ranks, fresh streams from (seed, step, rank)."""
+    ranks = saved.get("rng_ranks") or [saved["rng"]]
+    if len(ranks) == run.dist.world:
+        checkpoint.set_rng_state(ranks[run.dist.rank])
+    else:
+        checkpoint.seed_everything(hash((run.config.seed, state.global_step, run.dist.rank)) % 2**31)
 
 
 __all__ = ["RunState", "Phase", "Run", "RunResult", "run_phases"]

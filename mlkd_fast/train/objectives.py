@@ -8,7 +8,7 @@ temperatures are explicit fields of the context/config, never hidden defaults.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -23,17 +23,27 @@ from mlkd_fast.ops import (
     soft_cross_entropy,
 )
 from mlkd_fast.train.config import STAGE_TERMS
+from mlkd_fast.train.distributed import SINGLE, Dist
 from mlkd_fast.train.features import Features
 
 LossFn = Callable[[Features, Features, "LossContext"], torch.Tensor]
 LOSSES: Dict[str, LossFn] = {}
+# What each term averages over, so that data parallelism keeps it the global-batch value (distributed.py):
+# "token": a mean over the batch's real tokens; "sample": a mean over its samples; "global": computed on the
+# [CLS] features gathered from every rank (already the global value on each rank).
+UNITS = ("token", "sample", "global")
+LOSS_UNITS: Dict[str, str] = {}
 
 
-def register_loss(name: str):
+def register_loss(name: str, unit: str):
+    if unit not in UNITS:
+        raise InputError(f"unit must be one of {UNITS}, got {unit!r}")
+
     def wrap(fn: LossFn) -> LossFn:
         if name in LOSSES:
             raise InputError(f"loss {name!r} is already registered")
         LOSSES[name] = fn
+        LOSS_UNITS[name] = unit
         return fn
 
     return wrap
@@ -72,6 +82,12 @@ class LossContext:
     kd_temperature: float = 1.0
     kd_reduction: str = "mean"  # the authors' `.mean()` over batch and classes
     backend: str = "auto"
+    dist: Dist = SINGLE  # the ranks of a data-parallel run (identities on one process)
+    shares: Dict[str, float] = field(default_factory=dict)  # unit -> this rank's share (distributed.Dist.share)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of every rank (the global batch) for the "global" terms; x itself on one process."""
+        return self.dist.gather_rows(x)
 
 
 def _acc(x: torch.Tensor) -> torch.Tensor:
@@ -79,13 +95,13 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-@register_loss("emb")
+@register_loss("emb", unit="token")
 def embedding_relation_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
     """L_EMB: token-similarity relation of LayerNorm(word embeddings), one split."""
     return relation_kl(t.token_embeddings, s.token_embeddings, 1, ctx.mask, backend=ctx.backend)
 
 
-@register_loss("mha")
+@register_loss("mha", unit="token")
 def attention_relation_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
     """L_MHA: sum over student layers of the relation KL of MHA outputs over A splits."""
     total = 0.0
@@ -103,7 +119,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Te
     return ((pred - target) ** 2 * w).sum() / n.clamp_min(1.0)
 
 
-@register_loss("ffn")
+@register_loss("ffn", unit="token")
 def hidden_state_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
     """L_FFN: sum over n = 0..N of MSE(H_s,n W_n, H_t,m(n)), with m(0) = 0."""
     teacher_index = (0,) + tuple(ctx.layer_map)
@@ -114,19 +130,19 @@ def hidden_state_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tenso
     return total
 
 
-@register_loss("ss")
+@register_loss("ss", unit="global")
 def sample_similarity_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
-    """L_SS: relation KL of the B x B [CLS] similarity matrices (student unprojected)."""
-    return sample_relation_kl(t.cls, s.cls, backend=ctx.backend)
+    """L_SS: relation KL of the B x B [CLS] similarity matrices (student unprojected), over the global batch."""
+    return sample_relation_kl(ctx.gather(t.cls), ctx.gather(s.cls), backend=ctx.backend)
 
 
-@register_loss("sc")
+@register_loss("sc", unit="global")
 def sample_contrastive_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
     """L_SC: supervised contrastive loss of [W h_s; h_t]; positives = same label (or the other view)."""
-    z_s = ctx.projections.contrastive(s.cls)
-    labels = None if ctx.is_regression else ctx.labels
+    z_s = ctx.gather(ctx.projections.contrastive(s.cls))
+    labels = None if ctx.is_regression else ctx.gather(ctx.labels)
     return sample_contrastive(
-        t.cls,
+        ctx.gather(t.cls),
         z_s,
         labels,
         temperature=ctx.sc_temperature,
@@ -135,7 +151,7 @@ def sample_contrastive_loss(t: Features, s: Features, ctx: LossContext) -> torch
     )
 
 
-@register_loss("kd")
+@register_loss("kd", unit="sample")
 def soft_label_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
     """L_KD: soft cross-entropy at temperature T; MSE on the logits for regression tasks."""
     if ctx.is_regression:
@@ -159,6 +175,9 @@ def stage_loss(
         if w == 0:
             continue
         term = LOSSES[name](teacher, student, ctx)
+        share = ctx.shares.get(LOSS_UNITS[name], 1.0)
+        if share != 1.0:  # data parallel: this rank's part of the global mean
+            term = term * share
         values[name] = float(term.detach())
         total = w * term if total is None else total + w * term
     if total is None:
@@ -185,6 +204,7 @@ def token_embedding_relation_input(word_embeddings: nn.Embedding, layer_norm: nn
 
 __all__: Sequence[str] = [
     "LOSSES",
+    "LOSS_UNITS",
     "STAGE_TERMS",
     "DistillProjections",
     "LossContext",

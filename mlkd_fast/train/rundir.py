@@ -170,6 +170,25 @@ def open_run(output_dir: str, run_settings: Dict[str, Any], *, resume: bool, ove
     return saved
 
 
+@contextlib.contextmanager
+def start_run(dist, output_dir: str, settings: Dict[str, Any], *, resume: bool, overwrite: bool, kind: str):
+    """The lock and open_run of a run on every rank: rank 0 holds the lock and prepares the folder, the other
+    ranks wait for it and read the same checkpoint; an error on rank 0 is raised on every rank (no hang)."""
+    with (run_lock(output_dir) if dist.is_main else contextlib.nullcontext()):
+        saved, error = None, None
+        if dist.is_main:
+            try:
+                saved = open_run(output_dir, settings, resume=resume, overwrite=overwrite, kind=kind)
+            except Exception as e:  # handed to every rank below, then raised everywhere
+                error = e
+        error = dist.broadcast_object(error)
+        if error is not None:
+            raise error
+        if resume and not dist.is_main:
+            saved = checkpoint.load_state(_check_path(output_dir), kind)
+        yield saved
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 (16 hex digits) of a model's weights: names, shapes, dtypes and values."""
     h = hashlib.sha256()
@@ -201,5 +220,5 @@ def model_shape(model: torch.nn.Module) -> Dict[str, Any]:
     return {k: getattr(cfg, k, None) for k in keys}
 
 
-__all__ = ["check_output_dir", "run_lock", "prepare_output_dir", "open_run", "clean_leftovers", "truncate_metrics",
+__all__ = ["check_output_dir", "run_lock", "start_run", "prepare_output_dir", "open_run", "clean_leftovers", "truncate_metrics",
            "weights_fingerprint", "data_fingerprint", "model_shape", "MODEL_DIRS"]
