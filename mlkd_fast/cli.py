@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--stage1-epochs", type=int)
     ds.add_argument("--stage2-epochs", type=int)
     ds.add_argument("--splits", type=int, help="MHA-splits A of L_MHA (default 12)")
+    ds.add_argument("--relations", choices=("global", "local"),
+                    help="data parallel: L_SS/L_SC over the global batch (default) or each rank's shard")
     ds.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
     ev = sub.add_parser("evaluate", help="dev metrics, size and inference latency of one or more models")
@@ -240,7 +242,7 @@ def cmd_distill(args) -> int:
         section["layer_map"] = args.layer_map
     cfg = _train_config(
         DistillConfig, args, section,
-        dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits"),
+        dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits", relations="relations"),
     )
     stages = args.stages if args.stages else file.get("stages", (1, 2))
     if not isinstance(stages, (list, tuple)):

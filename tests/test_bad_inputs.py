@@ -5,11 +5,17 @@ import re
 
 import pytest
 import torch
+from tiny_bert import (  # noqa: F401 (fixture)
+    one_thread,
+    tiny_bert,
+    tiny_tokenizer,
+    tokenized_dataset,
+    write_mrpc,
+)
 
 import mlkd_fast as mf
 from mlkd_fast.cli import main
 from mlkd_fast.errors import InputError, InputTypeError, MLKDError
-from tiny_bert import tiny_bert, tiny_tokenizer, tokenized_dataset, write_mrpc, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "errors.md")

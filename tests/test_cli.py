@@ -4,9 +4,9 @@ import os
 import re
 
 import pytest
+from tiny_bert import one_thread, tiny_bert, tiny_config, tiny_tokenizer, write_mrpc  # noqa: F401 (fixture)
 
 from mlkd_fast.cli import main
-from tiny_bert import tiny_bert, tiny_config, tiny_tokenizer, write_mrpc, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,8 +129,9 @@ def test_malformed_data_file_and_existing_output(setup, capsys):
 
 
 def test_evaluate_api_single_model_and_list():
-    from mlkd_fast import evaluate
     from tiny_bert import tokenized_dataset
+
+    from mlkd_fast import evaluate
 
     a, b = tiny_bert(layers=2), tiny_bert(layers=1, seed=1)
     one = evaluate(a, tokenized_dataset(16), task="mrpc", batch_size=4, latency_batches=1)  # 2 warm-up batches, 1 timed

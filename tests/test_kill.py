@@ -14,7 +14,6 @@ import time
 
 import pytest
 import torch
-
 from tiny_bert import tiny_config, tiny_tokenizer, write_mrpc
 
 # Run as the child process: arm a SIGKILL at the n-th visit of a fault point, then run the CLI.

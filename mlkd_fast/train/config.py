@@ -94,6 +94,9 @@ class DistillConfig(_Common):
     sc_temperature: float = 0.07
     sc_base_temperature: float = 1.0
     kd_temperature: float = 1.0
+    # data parallel: the sample relations (L_SS, L_SC) over the global batch ("global", the same as one
+    # process on that batch) or over each rank's shard ("local", what other toolkits do)
+    relations: str = "global"
 
     def validate(self) -> None:
         super().validate()
@@ -117,6 +120,8 @@ class DistillConfig(_Common):
         check_float("sc_temperature", self.sc_temperature)
         check_float("sc_base_temperature", self.sc_base_temperature)
         check_float("kd_temperature", self.kd_temperature)
+        if self.relations not in ("global", "local"):
+            raise InputError(f"relations must be 'global' or 'local', got {self.relations!r}")
 
 
 def config_from_dict(cls, values: Mapping[str, Any], source: str = "config"):

@@ -124,7 +124,7 @@ def distill(
                   tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections}, dist=dist)
         context = dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
                        sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
-                       kd_temperature=cfg.kd_temperature, backend=backend, dist=dist)
+                       kd_temperature=cfg.kd_temperature, backend=backend, dist=dist, relations=cfg.relations)
         phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
                   for s in stages]
         return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)

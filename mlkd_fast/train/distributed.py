@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
@@ -50,6 +51,8 @@ class Dist:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
+        if dist.get_rank() == 0:
+            print(f"mlkd_fast: data parallel over {dist.get_world_size()} ranks ({dist.get_backend()})", file=sys.stderr)
         return cls(dist.get_rank(), dist.get_world_size(), device)
 
     # ------------------------------------------------------------------ collectives (identities on one process)

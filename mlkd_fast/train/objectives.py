@@ -83,11 +83,12 @@ class LossContext:
     kd_reduction: str = "mean"  # the authors' `.mean()` over batch and classes
     backend: str = "auto"
     dist: Dist = SINGLE  # the ranks of a data-parallel run (identities on one process)
+    relations: str = "global"  # data parallel: sample relations over the global batch, or "local" per rank
     shares: Dict[str, float] = field(default_factory=dict)  # unit -> this rank's share (distributed.Dist.share)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Rows of every rank (the global batch) for the "global" terms; x itself on one process."""
-        return self.dist.gather_rows(x)
+        """Rows of every rank (the global batch) for the "global" terms; x itself on one process or with local relations."""
+        return x if self.relations == "local" else self.dist.gather_rows(x)
 
 
 def _acc(x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +176,10 @@ def stage_loss(
         if w == 0:
             continue
         term = LOSSES[name](teacher, student, ctx)
-        share = ctx.shares.get(LOSS_UNITS[name], 1.0)
+        unit = LOSS_UNITS[name]
+        if unit == "global" and ctx.relations == "local":
+            unit = "sample"  # each rank's relation over its own shard, averaged over ranks
+        share = ctx.shares.get(unit, 1.0)
         if share != 1.0:  # data parallel: this rank's part of the global mean
             term = term * share
         values[name] = float(term.detach())

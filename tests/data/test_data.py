@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from tiny_bert import one_thread, tiny_tokenizer, write_mrpc  # noqa: F401 (fixture)
 
 from mlkd_fast import data
 from mlkd_fast.data import metrics
-from tiny_bert import tiny_tokenizer, write_mrpc, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from helpers import BACKENDS, FP32, HAS_TRITON, features, gpu_only, ragged
 
 import mlkd_fast as mf
-from helpers import BACKENDS, FP32, HAS_TRITON, features, gpu_only, ragged
 from mlkd_fast.ops import backends
 
 needs_cpp = pytest.mark.skipif("cpp" not in mf.available_backends(), reason="C++ extension not built")

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from helpers import BACKENDS, FP32, FP64, interpreted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mlkd_fast as mf
-from helpers import BACKENDS, FP32, FP64, interpreted
 
 GARBAGE = {"zeros": 0.0, "nan": float("nan"), "inf": float("inf"), "huge": 3e38}
 

@@ -6,12 +6,24 @@ but cross every tile boundary: L = 70 is two 64-row blocks and two 64-key
 tiles, d = 312 five 64-column chunks, d = 26 a padded 32-wide tile; the cpp
 backend's 32-row tiles are crossed by L = 37 and 129.
 """
+import naive
 import pytest
 import torch
+from helpers import (
+    BACKENDS,
+    BF16,
+    FP16,
+    FP32,
+    FP64,
+    cases,
+    check_op,
+    features,
+    gpu_only,
+    ragged,
+    tolerance,
+)
 
 import mlkd_fast as mf
-import naive
-from helpers import BACKENDS, BF16, FP16, FP32, FP64, cases, check_op, features, gpu_only, ragged, tolerance
 
 
 def op(backend, teacher, student, splits, mask):

@@ -3,12 +3,12 @@
 N = 2B = 80 anchors cross the 64-row/64-column Triton tiles and the 32-row
 cpp tiles; D = 312 and 768 cross the 64-wide head chunks.
 """
+import naive
 import pytest
 import torch
+from helpers import BF16, FP16, FP32, FP64, cases, check_op, tolerance
 
 import mlkd_fast as mf
-import naive
-from helpers import BF16, FP16, FP32, FP64, cases, check_op, tolerance
 
 
 def op(backend, teacher, student, labels=None, tau=0.07, base=1.0):

@@ -1,10 +1,10 @@
 """sample_relation_kl (L_SS, the B x B [CLS] relation) on every backend against the float64 reference."""
+import naive
 import pytest
 import torch
+from helpers import FP64, cases, check_op, tolerance
 
 import mlkd_fast as mf
-import naive
-from helpers import FP64, cases, check_op, tolerance
 
 
 def op(backend, teacher, student):

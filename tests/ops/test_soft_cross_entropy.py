@@ -1,9 +1,9 @@
 """soft_cross_entropy (L_KD): a (B, C) problem with one torch implementation for every device."""
+import naive
 import pytest
 import torch
 
 import mlkd_fast as mf
-import naive
 
 
 @pytest.mark.parametrize("reduction", ["batchmean", "mean", "none"])

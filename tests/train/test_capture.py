@@ -1,9 +1,9 @@
 """Feature capture with hooks: shapes, agreement with the model's own outputs, eager == sdpa, gradients."""
 import pytest
 import torch
+from tiny_bert import one_thread, tiny_bert  # noqa: F401 (fixture)
 
 from mlkd_fast.train.capture import capture_features
-from tiny_bert import tiny_bert, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

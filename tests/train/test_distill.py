@@ -4,11 +4,17 @@ import os
 
 import pytest
 import torch
+from tiny_bert import (  # noqa: F401 (fixture)
+    one_thread,
+    tiny_bert,
+    tiny_tokenizer,
+    tokenized_dataset,
+    write_mrpc,
+)
 
 import mlkd_fast
 from mlkd_fast import DistillConfig, build_student, distill
 from mlkd_fast.train import checkpoint
-from tiny_bert import tiny_bert, tiny_tokenizer, tokenized_dataset, write_mrpc, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

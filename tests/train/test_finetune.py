@@ -1,11 +1,10 @@
 """Fine-tuning (the teacher's task training): it learns, and a resumed run equals the uninterrupted one."""
 import pytest
 import torch
+from tiny_bert import one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
 
 from mlkd_fast import FinetuneConfig, finetune
 from mlkd_fast.train import checkpoint
-from tiny_bert import tiny_bert, tokenized_dataset, one_thread  # noqa: F401 (fixture)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

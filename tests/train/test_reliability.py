@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_bert import one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
 
 import mlkd_fast as mf
 from mlkd_fast import DistillConfig, FinetuneConfig, build_student, distill, finetune
 from mlkd_fast.data import metrics
 from mlkd_fast.errors import DivergenceError, InputError
 from mlkd_fast.train import atomic, checkpoint, rundir
-from tiny_bert import tiny_bert, tokenized_dataset, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

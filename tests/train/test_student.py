@@ -1,9 +1,9 @@
 """build_student: teacher-initialised copies (any head count), random init, and every bad shape."""
 import pytest
 import torch
+from tiny_bert import one_thread, tiny_bert  # noqa: F401 (fixture)
 
 from mlkd_fast import build_student
-from tiny_bert import tiny_bert, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
