@@ -48,6 +48,7 @@ class _Common:
     max_train_samples: Optional[int] = None  # a seeded random subset of the training set (quick runs)
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = at the end of each epoch only
     device: str = "auto"  # "auto" = cuda when available, else cpu
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + gradient scaling)
 
     def validate(self) -> None:
         check_int("batch_size", self.batch_size, 1)
@@ -60,6 +61,8 @@ class _Common:
         if self.max_train_samples is not None:
             check_int("max_train_samples", self.max_train_samples, 1)
         check_int("checkpoint_every", self.checkpoint_every, 0)
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise InputError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if not isinstance(self.device, str) or not self.device:
             raise InputTypeError(f"device must be a device string like 'auto', 'cpu' or 'cuda', got {self.device!r}")
 

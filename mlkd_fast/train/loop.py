@@ -33,6 +33,7 @@ from mlkd_fast.train.atomic import save_json, save_model_atomic
 from mlkd_fast.train.distributed import SINGLE, Dist
 from mlkd_fast.train.evaluate import evaluate_model
 from mlkd_fast.train.logs import MetricLogger, progress_bar
+from mlkd_fast.train.precision import Precision
 
 StepFn = Callable[[Dict[str, torch.Tensor]], Tuple[torch.Tensor, Dict[str, float]]]
 
@@ -108,6 +109,11 @@ class Run:
     progress: bool = True
     extra_modules: Dict[str, nn.Module] = field(default_factory=dict)  # trained beside the model (projections)
     dist: Dist = SINGLE  # the ranks of a data-parallel run; rank 0 alone writes files
+    amp: Any = None  # precision.Precision of the step; fp32 (no autocast) when None
+
+    def __post_init__(self):
+        if self.amp is None:
+            self.amp = Precision(getattr(self.config, "precision", "fp32"), self.device)
 
     @property
     def metric(self) -> Optional[str]:
@@ -158,6 +164,7 @@ def _run_phases(run: Run, phases: Sequence[Phase], saved, state: RunState, logge
             # the checkpoint was written in this phase: continue its optimiser, schedule and RNG streams
             phase.optimizer.load_state_dict(saved["optimizer"])
             phase.scheduler.load_state_dict(saved["scheduler"])
+            run.amp.load_state_dict(saved.get("scaler", {}))
             _restore_rng(run, saved, state)
         elif state.stage != phase.stage:
             state.enter_phase(phase.stage)
@@ -176,18 +183,21 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
     run.model.train()
     for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step, shard=(dist.rank, dist.world)):
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        loss, terms = phase.step(batch)
+        with run.amp.autocast():
+            loss, terms = phase.step(batch)
         # the global values of the terms (this rank's shares averaged over ranks) and whether any rank was signalled
         terms, stops = dist.mean(dict(terms, loss=float(loss.detach())), extra=float(stop.received is not None))
         _check_finite("loss", terms["loss"], terms, phase, state, epoch)
         phase.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        run.amp.backward(loss)
+        run.amp.unscale(phase.optimizer)
         dist.average_gradients(phase.clip_params)
         # the norm is always taken (max_norm=inf scales by exactly 1): a non-finite gradient stops the run
-        # before the optimiser writes it into the weights
+        # before the optimiser writes it into the weights (with fp16 the scaler skips that step instead)
         norm = nn.utils.clip_grad_norm_(phase.clip_params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        _check_finite("gradient norm", float(norm), terms, phase, state, epoch)
-        phase.optimizer.step()
+        if not run.amp.skips_overflow:
+            _check_finite("gradient norm", float(norm), terms, phase, state, epoch)
+        run.amp.step(phase.optimizer)
         phase.scheduler.step()
 
         state.add_step(terms)
@@ -280,6 +290,7 @@ def _save_state(run: Run, phase: Phase, state: RunState) -> None:
         "kind": run.kind, "config": run.settings, "state": state.to_dict(), "modules": modules,
         "optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict(),
         "rng": rngs[0], **({"rng_ranks": rngs} if run.dist.enabled else {}),
+        **({"scaler": run.amp.state_dict()} if run.amp.scaler is not None else {}),
     })
 
 
