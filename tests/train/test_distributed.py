@@ -145,3 +145,34 @@ def test_the_global_batch_must_split_over_the_ranks(job):
     cmd = _cmd(2) + [a if a != "8" else "7" for a in args] + ["--output-dir", str(tmp / "odd")]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "batch_size=7 is the global batch and must be divisible by the 2 ranks" in res.stderr
+
+
+def _rank_pid(launcher_pid, rank):
+    """The pid of the worker of `rank` among the launcher's children (read from their environments)."""
+    for child in subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True).stdout.split():
+        try:
+            env = open(f"/proc/{child}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(child)
+    return None
+
+
+def test_killing_one_rank_ends_the_run_with_an_error_and_keeps_the_last_checkpoint(job):
+    from mlkd_fast.train import checkpoint
+
+    tmp, args = job
+    out = tmp / "killed"
+    proc = subprocess.Popen(_cmd(2) + args + ["--output-dir", str(out)], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    path = os.path.join(out, "metrics.jsonl")
+    while proc.poll() is None and not (os.path.exists(path) and sum(1 for _ in open(path)) >= 2):
+        time.sleep(0.02)
+    victim = _rank_pid(proc.pid, 1)
+    assert victim is not None, "rank 1 not found"
+    os.kill(victim, signal.SIGKILL)
+    start = time.time()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.time() - start < 120
+    assert checkpoint.load_state(str(out), "distill")["state"]["global_step"] >= 1  # intact, resumable
