@@ -55,6 +55,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, help="optimizer steps between resumable checkpoints (0 = per epoch)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32 (default), bf16 or fp16 autocast")
+    p.add_argument("--grad-accum-steps", type=int, help="micro-batches per optimiser step (default 1)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
     p.add_argument("--overwrite", action="store_true", help="replace what --output-dir already holds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -151,6 +152,7 @@ COMMON_FLAGS = {
     "checkpoint_every": "checkpoint_every",
     "device": "device",
     "precision": "precision",
+    "grad_accum_steps": "grad_accum_steps",
 }
 
 

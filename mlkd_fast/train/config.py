@@ -49,6 +49,9 @@ class _Common:
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = at the end of each epoch only
     device: str = "auto"  # "auto" = cuda when available, else cpu
     precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + gradient scaling)
+    # micro-batches per optimiser step: each rank's shard of the global batch is cut into this many pieces,
+    # run one after another, their gradients summed (batch relations then span one micro-batch on all ranks)
+    grad_accum_steps: int = 1
 
     def validate(self) -> None:
         check_int("batch_size", self.batch_size, 1)
@@ -61,6 +64,9 @@ class _Common:
         if self.max_train_samples is not None:
             check_int("max_train_samples", self.max_train_samples, 1)
         check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_int("grad_accum_steps", self.grad_accum_steps, 1)
+        if self.batch_size % self.grad_accum_steps:
+            raise InputError(f"batch_size={self.batch_size} must be divisible by grad_accum_steps={self.grad_accum_steps}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise InputError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if not isinstance(self.device, str) or not self.device:

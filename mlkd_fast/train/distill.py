@@ -102,7 +102,7 @@ def distill(
                          f"({teacher.config.vocab_size}): both read the same input_ids")
     layer_map = _check_shapes(teacher, student, cfg, stages)
     dist = Dist.from_env(resolve_device(cfg.device))
-    check_global_batch(cfg.batch_size, dist)
+    check_global_batch(cfg.batch_size, dist, cfg.grad_accum_steps)
     device = dist.device
     backend = backends.resolve(backend, device)
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)

@@ -136,10 +136,12 @@ class Dist:
         return box[0]
 
 
-def check_global_batch(batch_size: int, dist: Dist) -> None:
-    """batch_size is the global batch: it must split evenly over the ranks (the same optimisation on any world size)."""
-    if batch_size % dist.world:
-        raise InputError(f"batch_size={batch_size} is the global batch and must be divisible by the {dist.world} ranks")
+def check_global_batch(batch_size: int, dist: Dist, accum: int = 1) -> None:
+    """batch_size is the global batch: it must split evenly over the ranks and their micro-batches (the same
+    optimisation on any world size)."""
+    if batch_size % (dist.world * accum):
+        raise InputError(f"batch_size={batch_size} is the global batch and must be divisible by the {dist.world} "
+                         f"ranks x {accum} micro-batches")
 
 
 SINGLE = Dist()

@@ -60,7 +60,7 @@ def finetune(
     check_fits(model, "model", cfg.max_seq_length, tokenizer)
     regression = num_labels == 1
     dist = Dist.from_env(resolve_device(cfg.device))
-    check_global_batch(cfg.batch_size, dist)
+    check_global_batch(cfg.batch_size, dist, cfg.grad_accum_steps)
     device = dist.device
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
     settings = dict(config_to_dict(cfg), train_rows=len(train), task=spec.name if spec else None,

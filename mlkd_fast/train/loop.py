@@ -183,13 +183,7 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
     run.model.train()
     for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step, shard=(dist.rank, dist.world)):
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        with run.amp.autocast():
-            loss, terms = phase.step(batch)
-        # the global values of the terms (this rank's shares averaged over ranks) and whether any rank was signalled
-        terms, stops = dist.mean(dict(terms, loss=float(loss.detach())), extra=float(stop.received is not None))
-        _check_finite("loss", terms["loss"], terms, phase, state, epoch)
-        phase.optimizer.zero_grad(set_to_none=True)
-        run.amp.backward(loss)
+        terms, stops = _accumulate(run, phase, batch, state, epoch, stop)
         run.amp.unscale(phase.optimizer)
         dist.average_gradients(phase.clip_params)
         # the norm is always taken (max_norm=inf scales by exactly 1): a non-finite gradient stops the run
@@ -216,6 +210,26 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
                                  f"{state.global_step} ({phase.label}, epoch {epoch + 1}); checkpoint written to "
                                  f"{run.output_dir}")
     bar.close()
+
+
+def _accumulate(run: Run, phase: Phase, batch, state: RunState, epoch: int, stop: "StopSignals"):
+    """Forward and backward of this rank's shard, in cfg.grad_accum_steps micro-batches whose gradients add up
+    to their mean. Returns the global values of the terms (averaged over micro-batches and ranks) and whether
+    any rank was signalled to stop."""
+    accum = run.config.grad_accum_steps
+    parts = [batch] if accum == 1 else [dict(zip(batch, vs)) for vs in zip(*(v.chunk(accum) for v in batch.values()))]
+    phase.optimizer.zero_grad(set_to_none=True)
+    total: Dict[str, float] = {}
+    for part in parts:
+        with run.amp.autocast():
+            loss, terms = phase.step(part)
+        # the global values of the terms (this rank's shares averaged over ranks), and the stop flags of all ranks
+        terms, stops = run.dist.mean(dict(terms, loss=float(loss.detach())), extra=float(stop.received is not None))
+        _check_finite("loss", terms["loss"], terms, phase, state, epoch)
+        run.amp.backward(loss / accum if accum > 1 else loss)
+        for k, v in terms.items():
+            total[k] = total.get(k, 0.0) + v / accum if accum > 1 else v
+    return total, stops
 
 
 class StopSignals:
