@@ -110,9 +110,10 @@ def test_accelerate_launch_runs_the_same_distillation(job, single):
     _assert_same_run(single, out)
 
 
-def test_a_two_rank_run_interrupted_resumes_on_one_rank(job, single):
+@pytest.mark.parametrize("resume_ranks", [1, 2])
+def test_a_two_rank_run_interrupted_resumes_on_one_or_two_ranks(job, single, resume_ranks):
     tmp, args = job
-    out = tmp / "resumed"
+    out = tmp / f"resumed{resume_ranks}"
     cmd = _cmd(2) + args + ["--output-dir", str(out)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     path = os.path.join(out, "metrics.jsonl")
@@ -122,7 +123,7 @@ def test_a_two_rank_run_interrupted_resumes_on_one_rank(job, single):
     proc.communicate(timeout=120)
     steps = len(_log(out))
     assert 0 < steps < len(_log(single)), "the run ended before it could be interrupted"
-    res = _run(job, out, 1, resume=True)
+    res = _run(job, out, resume_ranks, resume=True)
     assert res.returncode == 0, res.stderr
     _assert_same_run(single, out)
 
