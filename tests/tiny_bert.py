@@ -96,3 +96,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class Crash(Exception):
+    """Raised by a fault hook: the process 'dies' at that instant."""
+
+
+class crash_at_save:
+    """Context manager: the n-th resume-state write raises Crash instead of writing (a kill at that instant);
+    `calls` holds the global step of every write attempted."""
+
+    def __init__(self, monkeypatch, n: int):
+        from mlkd_fast.train import checkpoint
+
+        self.monkeypatch, self.n, self.calls, self.module = monkeypatch, n, [], checkpoint
+        self.real = checkpoint.save_state
+
+    def __enter__(self):
+        def save(output_dir, state):
+            self.calls.append(state["state"]["global_step"])
+            if len(self.calls) == self.n:
+                raise Crash()
+            return self.real(output_dir, state)
+
+        self.monkeypatch.setattr(self.module, "save_state", save)
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        self.monkeypatch.setattr(self.module, "save_state", self.real)
+        return exc_type is Crash  # the crash is the point: swallowed

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 from tiny_bert import (  # noqa: F401 (fixture)
+    crash_at_save,
     one_thread,
     tiny_bert,
     tiny_tokenizer,
@@ -106,10 +107,6 @@ def test_regression_task_runs_both_stages(tmp_path):
     assert torch.isfinite(torch.tensor(res.history[-1]["kd"]))
 
 
-class Crash(Exception):
-    pass
-
-
 def _run(tmp_path, name, resume=False):
     teacher = tiny_bert(layers=2, hidden=32, heads=4)
     torch.manual_seed(5)
@@ -120,24 +117,13 @@ def _run(tmp_path, name, resume=False):
     return res, student
 
 
-@pytest.mark.parametrize("crash_at_save", [3, 8])  # 3: mid stage 1; 8: mid stage 2 (steps after the last save are redone)
-def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path, monkeypatch, crash_at_save):
+@pytest.mark.parametrize("nth_save", [3, 8])  # 3: mid stage 1; 8: mid stage 2 (steps after the last save are redone)
+def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path, monkeypatch, nth_save):
     ref, ref_student = _run(tmp_path, "ref")
-
-    real_save, calls = checkpoint.save_state, []
-
-    def crashing_save(output_dir, state):
-        calls.append(state["state"]["global_step"])
-        if len(calls) == crash_at_save:
-            raise Crash()  # the process dies here: this checkpoint is never written
-        return real_save(output_dir, state)
-
-    monkeypatch.setattr(checkpoint, "save_state", crashing_save)
-    with pytest.raises(Crash):
+    with crash_at_save(monkeypatch, nth_save) as crash:  # the process dies in that write: it never happens
         _run(tmp_path, "run")
-    monkeypatch.setattr(checkpoint, "save_state", real_save)
     saved = checkpoint.load_state(str(tmp_path / "run"), "distill")
-    assert saved["state"]["global_step"] == calls[-2] < calls[-1]
+    assert len(crash.calls) == nth_save and saved["state"]["global_step"] == crash.calls[-2] < crash.calls[-1]
 
     res, student = _run(tmp_path, "run", resume=True)
     assert res.history == ref.history

@@ -1,16 +1,11 @@
 """Fine-tuning (the teacher's task training): it learns, and a resumed run equals the uninterrupted one."""
 import pytest
 import torch
-from tiny_bert import one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
+from tiny_bert import Crash, crash_at_save, one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
 
 from mlkd_fast import FinetuneConfig, finetune
-from mlkd_fast.train import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Crash(Exception):
-    pass
 
 
 def test_finetune_learns_and_resumes_exactly(tmp_path, monkeypatch):
@@ -18,18 +13,9 @@ def test_finetune_learns_and_resumes_exactly(tmp_path, monkeypatch):
     cfg = FinetuneConfig(epochs=3, batch_size=8, learning_rate=1e-3, checkpoint_every=1, device="cpu")
     ref = finetune(tiny_bert(layers=2), train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "ref"), progress=False)
     assert [h["epoch"] for h in ref.history] == [1, 2, 3] and ref.history[-1]["loss"] < ref.history[0]["loss"]
-    real_save, calls = checkpoint.save_state, []
-
-    def crashing_save(output_dir, state):
-        calls.append(1)
-        if len(calls) == 4:
-            raise Crash()
-        return real_save(output_dir, state)
-
-    monkeypatch.setattr(checkpoint, "save_state", crashing_save)
-    with pytest.raises(Crash):
+    with crash_at_save(monkeypatch, 4) as crash:
         finetune(tiny_bert(layers=2), train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "run"), progress=False)
-    monkeypatch.setattr(checkpoint, "save_state", real_save)
+    assert len(crash.calls) == 4
     model = tiny_bert(layers=2)
     res = finetune(model, train, eval_data=dev, task="mrpc", config=cfg, output_dir=str(tmp_path / "run"), resume=True, progress=False)
     assert res.history == ref.history

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tiny_bert import one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
+from tiny_bert import Crash, crash_at_save, one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
 
 import mlkd_fast as mf
 from mlkd_fast import DistillConfig, FinetuneConfig, build_student, distill, finetune
@@ -146,10 +146,6 @@ def test_non_finite_weights_in_a_checkpoint_are_refused(tmp_path):
 # ----------------------------------------------------------------------------- 5. atomic model folders
 
 
-class Crash(Exception):
-    pass
-
-
 def _weights(folder):
     from safetensors.torch import load_file
 
@@ -202,18 +198,8 @@ def test_a_crash_at_any_step_of_a_checkpoint_write_leaves_a_loadable_checkpoint(
 
 
 def test_resume_cleans_leftovers_and_logs_each_step_once(tmp_path, monkeypatch):
-    real, calls = checkpoint.save_state, []
-
-    def crashing(output_dir, state):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Crash()
-        return real(output_dir, state)
-
-    monkeypatch.setattr(checkpoint, "save_state", crashing)
-    with pytest.raises(Crash):
+    with crash_at_save(monkeypatch, 3):
         _distill(tmp_path, config=_cfg(checkpoint_every=1))
-    monkeypatch.setattr(checkpoint, "save_state", real)
     out = tmp_path / "run"
     (out / "checkpoint" / "state.pt.tmp.99999").write_bytes(b"half")
     (out / "student.tmp").mkdir()
