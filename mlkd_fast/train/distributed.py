@@ -41,9 +41,10 @@ class Dist:
 
     @classmethod
     def from_env(cls, device: torch.device, timeout_s: float = 1800.0) -> "Dist":
-        """Join the process group the launcher described in the environment (nothing to join: one process)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        """Join the process group the launcher described in the environment, or use the one the caller already
+        initialised; one process when there is neither."""
+        world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:  # a group the caller already joined counts too (e.g. the Python API under mp.spawn)
             return cls(0, 1, device)
         if not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"

@@ -47,7 +47,8 @@ def run(rank, world, init_file, out_file):
     from mlkd_fast.train.distributed import Dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    d = Dist(rank, world, torch.device("cpu"))
+    d = Dist.from_env(torch.device("cpu"))  # the group this process already joined (no env:// variables here)
+    assert (d.rank, d.world) == (rank, world)
     t, s, mask, labels = features()
     per = t.logits.shape[0] // world
     rows = slice(rank * per, (rank + 1) * per)
