@@ -9,10 +9,12 @@ and the command-line flags. Errors in the input are reported as
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, Dict, List, Optional
 
+from mlkd_fast import __version__
 from mlkd_fast.errors import InputError, MLKDError, RunInterrupted
 from mlkd_fast.train.atomic import save_json
 from mlkd_fast.train.config import (
@@ -64,7 +66,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlkd-fast", description="MLKD-BERT distillation: fine-tune a teacher, distil a student, evaluate.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
+    parser.add_argument("--version", action="version", version=f"mlkd-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    en = sub.add_parser("env", help="versions, backends, the C++ extension and CUDA/Triton state (for bug reports)")
+    en.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
     ft = sub.add_parser("finetune", help="fine-tune a pretrained encoder on a task (the teacher)")
     _add_data_args(ft)
@@ -335,7 +340,49 @@ def _print_table(rows) -> None:
               "models timed interleaved batch by batch")
 
 
-COMMANDS = {"finetune": cmd_finetune, "distill": cmd_distill, "evaluate": cmd_evaluate}
+def environment() -> Dict[str, Any]:
+    """What a bug report needs: versions, the backends that run here and why the others do not."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    from mlkd_fast.ops import backends
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    ext = backends.cpp_module()
+    info: Dict[str, Any] = {
+        "mlkd_fast": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "torch_cuda_build": torch.version.cuda or "no",
+        **{name: version(name) for name in ("transformers", "datasets", "triton", "accelerate")},
+        "backends": backends.available_backends(),
+        "cpp_extension": getattr(ext, "__file__", None) or f"not available: {backends.cpp_import_error()}",
+        "cpp_isa": ext.cpu_isa() if ext is not None else None,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "triton_state": "importable" if backends.triton_kernels() is not None else backends.triton_import_error(),
+        "triton_interpreter": backends.triton_interpreter(),
+    }
+    return info
+
+
+def cmd_env(args) -> int:
+    info = environment()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+COMMANDS = {"finetune": cmd_finetune, "distill": cmd_distill, "evaluate": cmd_evaluate, "env": cmd_env}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

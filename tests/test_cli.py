@@ -138,3 +138,15 @@ def test_evaluate_api_single_model_and_list():
     assert set(one) >= {"f1", "accuracy", "parameters", "latency_ms_per_batch"} and one["latency_batches"] == 1
     both = evaluate([a, b], tokenized_dataset(16), task="mrpc", batch_size=4, latency_batches=1)
     assert [r["f1"] for r in both][0] == one["f1"] and both[1]["parameters"] < both[0]["parameters"]
+
+
+def test_version_and_env_say_what_runs_here(capsys):
+    import mlkd_fast
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"mlkd-fast {mlkd_fast.__version__}"
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mlkd_fast"] == mlkd_fast.__version__ and info["backends"] == mlkd_fast.available_backends()
+    assert info["cpp_isa"] in ("avx2", "base", None) and isinstance(info["torch_threads"], int)
