@@ -23,8 +23,7 @@ from mlkd_fast.train.evaluate import evaluate
 from mlkd_fast.train.finetune import FinetuneResult, finetune
 from mlkd_fast.train.models import load_for_task, pretrained_teacher_dir
 from mlkd_fast.train.student import build_student
-
-__version__ = "0.1.0"
+from mlkd_fast.version import __version__  # noqa: F401  (written once, in version.py)
 
 __all__ = [
     "build_student",

@@ -14,7 +14,6 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from mlkd_fast import __version__
 from mlkd_fast.errors import InputError, MLKDError, RunInterrupted
 from mlkd_fast.train.atomic import save_json
 from mlkd_fast.train.config import (
@@ -24,6 +23,7 @@ from mlkd_fast.train.config import (
     load_config_file,
 )
 from mlkd_fast.train.rundir import check_output_dir
+from mlkd_fast.version import __version__
 
 STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init")
 EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
