@@ -60,4 +60,5 @@ def run(rank, world, init_file, out_file):
         results[relations] = (terms, [d.gather_rows(g * 1.0, differentiable=False) / world for g in grads])
     if rank == 0:
         torch.save(results, out_file)
+    dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts then)
     dist.destroy_process_group()
