@@ -69,13 +69,21 @@ def test_time_interleaved_runs_round_robin_and_drops_failures():
 
 
 def test_cpu_peak_growth_sees_a_transient_allocation():
-    def alloc():
-        x = torch.ones(25 * 2**20)  # 100 MiB, touched, then freed before returning
-        return float(x[-1])
+    """In a fresh process with glibc's mmap threshold pinned, as the harness measures: in a long-lived test
+    process, memory freed by earlier tests is reused and the growth of resident memory can read 0."""
+    import subprocess
 
-    growth = peakmem.cpu_peak_growth_mb(alloc)
-    assert 95 <= growth <= 140, growth
-    assert peakmem.cpu_peak_growth_mb(lambda: None) < 20
+    code = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); import peakmem\n"
+        "def alloc():\n    x = torch.ones(25 * 2**20)\n    return float(x[-1])\n"
+        "print(peakmem.cpu_peak_growth_mb(alloc), peakmem.cpu_peak_growth_mb(lambda: None))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, BENCH], capture_output=True, text=True, env=peakmem.probe_env(),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    growth, idle = (float(v) for v in out.stdout.split())
+    assert 95 <= growth <= 140, growth  # 100 MiB touched, then freed before returning
+    assert idle < 20
 
 
 def test_append_csv_extends_the_header(tmp_path):
