@@ -40,14 +40,20 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """data -> path via `path.tmp.<pid>`, flushed to disk, then renamed over path."""
+def write_temp(path: str, data: bytes) -> str:
+    """data -> `path.tmp.<pid>`, flushed to disk; returns that temporary path (to be renamed over path)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    return tmp
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """data -> path via `path.tmp.<pid>`, flushed to disk, then renamed over path."""
+    tmp = write_temp(path, data)
     fault_point("file:written-tmp")
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
@@ -115,4 +121,4 @@ def save_model_atomic(model, dest: str, tokenizer=None) -> str:
     return dest
 
 
-__all__ = ["FAULT_HOOK", "fault_point", "write_bytes", "save_json", "save_model_atomic", "recover_model_dir", "fsync_dir"]
+__all__ = ["FAULT_HOOK", "fault_point", "write_temp", "write_bytes", "save_json", "save_model_atomic", "recover_model_dir", "fsync_dir"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mlkd_fast.errors import InputError
-from mlkd_fast.train.atomic import fault_point, fsync_dir
+from mlkd_fast.train.atomic import fault_point, fsync_dir, write_temp
 
 STATE_DIR = "checkpoint"
 STATE_FILE = "state.pt"
@@ -70,13 +70,9 @@ def save_state(output_dir: str, state: Dict[str, Any]) -> str:
     if missing:
         raise InputError(f"resume state lacks {missing}")
     folder = os.path.join(output_dir, STATE_DIR)
-    os.makedirs(folder, exist_ok=True)
-    path, prev, tmp = state_path(output_dir), os.path.join(folder, PREV_FILE), state_path(output_dir) + f".tmp.{os.getpid()}"
+    path, prev = state_path(output_dir), os.path.join(folder, PREV_FILE)
     data = _encode(state)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = write_temp(path, data)
     fault_point("state:written-tmp")
     with open(tmp, "rb") as f:  # read back what the disk holds
         if f.read() != data:

@@ -142,7 +142,7 @@ def _stage_phase(stage, stages, cfg, teacher, student, projections, context, tra
         labels = None if context["is_regression"] else batch["labels"]
         mask = batch["attention_mask"].bool()
         dist = context["dist"]
-        shares = {"token": dist.share(int(mask.sum())), "sample": dist.share(mask.shape[0])} if dist.enabled else {}
+        shares = dist.shares({"token": int(mask.sum()), "sample": mask.shape[0]})
         ctx = LossContext(mask=mask, labels=labels, shares=shares, **context)
         return stage_loss(weights, t_feat, s_feat, ctx)
 

@@ -70,13 +70,16 @@ class Dist:
         dist.all_reduce(out)
         return out
 
-    def share(self, local_count) -> float:
-        """This rank's count over the mean count per rank: the factor that turns a per-rank mean into this
-        rank's part of the global mean once gradients are averaged over ranks (1.0 on one process)."""
+    def shares(self, local_counts: Dict[str, float]) -> Dict[str, float]:
+        """For each count, this rank's count over the mean count per rank: the factor that turns a per-rank mean
+        into this rank's part of the global mean once gradients are averaged over ranks. One all-reduce for all
+        of them; {} on one process (no rescaling)."""
         if not self.enabled:
-            return 1.0
-        total = float(self.sum(torch.tensor([float(local_count)], dtype=torch.float64, device=self.device))[0])
-        return float(local_count) * self.world / total if total > 0 else 0.0
+            return {}
+        keys = sorted(local_counts)
+        local = torch.tensor([float(local_counts[k]) for k in keys], dtype=torch.float64, device=self.device)
+        total = self.sum(local)
+        return {k: float(local[i]) * self.world / float(total[i]) if total[i] > 0 else 0.0 for i, k in enumerate(keys)}
 
     def gather_rows(self, x: torch.Tensor, differentiable: bool = True) -> torch.Tensor:
         """The rows of every rank, in rank order; gradients flow back to each rank's own rows."""

@@ -86,7 +86,8 @@ def _phase(model, cfg: FinetuneConfig, regression: bool, train_rows: int, dist: 
             loss = F.mse_loss(logits.view(-1), batch["labels"])
         else:
             loss = F.cross_entropy(logits, batch["labels"])
-        share = dist.share(len(batch["labels"]))  # a mean over this rank's samples -> its part of the global mean
+        # a mean over this rank's samples -> its part of the global mean (no factor on one process)
+        share = dist.shares({"sample": len(batch["labels"])}).get("sample", 1.0)
         return (loss * share if share != 1.0 else loss), {}
 
     optimizer = make_optimizer([model], cfg.learning_rate, cfg.weight_decay)

@@ -113,7 +113,7 @@ class Run:
 
     def __post_init__(self):
         if self.amp is None:
-            self.amp = Precision(getattr(self.config, "precision", "fp32"), self.device)
+            self.amp = Precision(self.config.precision, self.device)
 
     @property
     def metric(self) -> Optional[str]:

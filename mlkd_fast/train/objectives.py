@@ -86,9 +86,18 @@ class LossContext:
     relations: str = "global"  # data parallel: sample relations over the global batch, or "local" per rank
     shares: Dict[str, float] = field(default_factory=dict)  # unit -> this rank's share (distributed.Dist.share)
 
+    gathered: Dict[tuple, tuple] = field(default_factory=dict, repr=False)  # per step: L_SS and L_SC share h_t
+
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Rows of every rank (the global batch) for the "global" terms; x itself on one process or with local relations."""
-        return x if self.relations == "local" else self.dist.gather_rows(x)
+        """Rows of every rank (the global batch) for the "global" terms; x itself on one process or with local
+        relations. A feature used by several terms (the teacher's [CLS], a fresh view each time) is gathered
+        once per step: keyed by its memory and layout, and held so that no other tensor can take that memory."""
+        if self.relations == "local" or not self.dist.enabled:
+            return x
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
+        if key not in self.gathered:
+            self.gathered[key] = (x, self.dist.gather_rows(x))
+        return self.gathered[key][1]
 
 
 def _acc(x: torch.Tensor) -> torch.Tensor:

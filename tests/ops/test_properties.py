@@ -34,8 +34,10 @@ def contrastive_case(draw):
                 tau=draw(st.sampled_from([0.05, 0.07, 0.5, 1.0])), dtype=draw(st.sampled_from([FP32, FP64])))
 
 
-def _examples(backend, device):
-    return 15 if interpreted(backend, device) else 120
+def _settings(backend, device):
+    """Derandomised examples, fewer for the interpreter (every Triton program runs in Python there)."""
+    return settings(max_examples=15 if interpreted(backend, device) else 120, deadline=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))
 
 
 def _relation(case, backend, device):
@@ -59,8 +61,7 @@ def _relation(case, backend, device):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_relation_kl_properties(backend, device):
-    @settings(max_examples=_examples(backend, device), deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @_settings(backend, device)
     @given(relation_case())
     def check(case):
         loss, want, grads, want_grads, dtype = _relation(case, backend, device)
@@ -78,8 +79,7 @@ def test_relation_kl_properties(backend, device):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_sample_contrastive_properties(backend, device):
-    @settings(max_examples=_examples(backend, device), deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @_settings(backend, device)
     @given(contrastive_case())
     def check(case):
         g = torch.Generator().manual_seed(case["seed"])

@@ -1,5 +1,4 @@
 """The body of tests/train/test_distributed_losses.py's ranks (spawned processes import it by name)."""
-import os
 
 import torch
 import torch.distributed as dist
@@ -34,7 +33,7 @@ def loss_and_grads(t, s, mask, labels, dist_, relations, rows=slice(None)):
     tf = Features(hidden=[x[rows] for x in t.hidden], mha=[x[rows] for x in t.mha],
                   token_embeddings=t.token_embeddings[rows], logits=t.logits[rows])
     m = mask[rows]
-    shares = {"token": dist_.share(int(m.sum())), "sample": dist_.share(m.shape[0])} if dist_.enabled else {}
+    shares = dist_.shares({"token": int(m.sum()), "sample": m.shape[0]})
     ctx = LossContext(mask=m, layer_map=(2,), projections=proj, labels=labels[rows], splits=2, backend="torch",
                       dist=dist_, shares=shares, relations=relations)
     weights = {"emb": 1.0, "mha": 1.0, "ffn": 1.0, "ss": 1.0, "sc": 1.0, "kd": 1.0}

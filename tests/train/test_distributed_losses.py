@@ -1,13 +1,12 @@
 """The distributed objective itself, on 2 gloo processes with fixed features: with global relations every term
 and the gradient of every student feature equal one process on the whole batch (ranks hold different
 numbers of real tokens); with local relations L_SS/L_SC are the mean of each rank's own relation."""
-import os
 
+import dist_worker
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-import dist_worker
 from mlkd_fast.train.distributed import SINGLE
 
 

@@ -2,10 +2,10 @@
 stay within a stated tolerance of the fp32 run's (bf16 keeps 8 mantissa bits: a few per cent per step)."""
 import pytest
 import torch
+from tiny_bert import one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
 
 from mlkd_fast import DistillConfig, build_student, distill
 from mlkd_fast.train import checkpoint
-from tiny_bert import tiny_bert, tokenized_dataset, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = {"bf16": 0.05, "fp16": 0.01}  # relative, per logged term, first stage-1 and stage-2 steps
