@@ -38,7 +38,7 @@ def exit_status(rows: Sequence[Dict[str, str]], allowed=("ok",)) -> int:
 
 
 def append_csv(path: str, rows: Sequence[Dict[str, str]]) -> None:
-    """Append rows; when they bring new columns, rewrite the file with the union header (old rows get blanks)."""
+    """Append rows (atomically: the file is rewritten whole); new columns widen the header (old rows get blanks)."""
     if not rows:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -51,15 +51,16 @@ def append_csv(path: str, rows: Sequence[Dict[str, str]]) -> None:
             old_rows = list(reader)
     new_cols = [k for r in rows for k in r if k not in header]
     merged = header + list(dict.fromkeys(new_cols))
-    if new_cols or not header:
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=merged, restval="")
-            w.writeheader()
-            w.writerows(old_rows)
-            w.writerows(rows)
-    else:
-        with open(path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=merged, restval="").writerows(rows)
+    # the whole file is written beside and renamed over the old one: an interrupted append never leaves half a row
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=merged, restval="")
+        w.writeheader()
+        w.writerows(old_rows)
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_csv(path: str) -> List[Dict[str, str]]:

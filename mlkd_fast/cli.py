@@ -17,6 +17,9 @@ from typing import Any, Dict, List, Optional
 from mlkd_fast.errors import InputError, MLKDError, RunInterrupted
 from mlkd_fast.train.atomic import save_json
 from mlkd_fast.train.config import (
+    CHOICES,
+    OBJECTIVES,
+    RECIPES,
     DistillConfig,
     FinetuneConfig,
     config_from_dict,
@@ -58,6 +61,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32 (default), bf16 or fp16 autocast")
     p.add_argument("--grad-accum-steps", type=int, help="micro-batches per optimiser step (default 1)")
+    p.add_argument("--eval-every", type=int, help="optimiser steps between dev evaluations (0 = once per epoch)")
+    p.add_argument("--drop-last", action="store_const", const=True, help="drop each epoch's final partial batch")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
     p.add_argument("--overwrite", action="store_true", help="replace what --output-dir already holds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -94,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--splits", type=int, help="MHA-splits A of L_MHA (default 12)")
     ds.add_argument("--relations", choices=("global", "local"),
                     help="data parallel: L_SS/L_SC over the global batch (default) or each rank's shard")
+    ds.add_argument("--objective", choices=tuple(OBJECTIVES), help="mlkd (default) or a rival: ft, kd, tinybert, minilmv2")
+    ds.add_argument("--recipe", choices=tuple(RECIPES), help="a preset of the choices below: mlkd_fast (default) or authors")
+    for name, allowed in CHOICES.items():
+        if name not in ("objective", "relations"):
+            ds.add_argument("--" + name.replace("_", "-"), choices=allowed, help=f"recipe choice (default {allowed[0]})")
+    ds.add_argument("--kd-temperature", type=float, help="soft-label temperature T (default 1)")
+    ds.add_argument("--minilm-teacher-layer", type=int, help="minilmv2: the teacher layer (default round(7/8 layers))")
     ds.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
     ev = sub.add_parser("evaluate", help="dev metrics, size and inference latency of one or more models")
@@ -158,7 +170,13 @@ COMMON_FLAGS = {
     "device": "device",
     "precision": "precision",
     "grad_accum_steps": "grad_accum_steps",
+    "eval_every": "eval_every",
+    "drop_last": "drop_last",
 }
+DISTILL_FLAGS = dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits",
+                     relations="relations", objective="objective", recipe="recipe", kd_temperature="kd_temperature",
+                     minilm_teacher_layer="minilm_teacher_layer",
+                     **{name: name for name in CHOICES if name not in ("objective", "relations")})
 
 
 def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
@@ -249,12 +267,9 @@ def cmd_distill(args) -> int:
     section = _section(file, "distill")
     if args.layer_map is not None:
         section["layer_map"] = args.layer_map
-    cfg = _train_config(
-        DistillConfig, args, section,
-        dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits", relations="relations"),
-    )
-    stages = args.stages if args.stages else file.get("stages", (1, 2))
-    if not isinstance(stages, (list, tuple)):
+    cfg = _train_config(DistillConfig, args, section, DISTILL_FLAGS)
+    stages = args.stages if args.stages else file.get("stages")  # None: every stage of the objective
+    if stages is not None and not isinstance(stages, (list, tuple)):
         raise InputError(f"stages must be a list of stage numbers like [1, 2], got {stages!r}")
     num_labels = get_task(task).num_labels
     if not os.path.isdir(args.teacher):

@@ -37,15 +37,16 @@ class Collator:
 
 
 def batches(ds, order: Sequence[int], batch_size: int, collate: Collator, start: int = 0,
-            shard: Tuple[int, int] = (0, 1)) -> Iterator[Dict[str, torch.Tensor]]:
+            shard: Tuple[int, int] = (0, 1), drop_last: bool = False) -> Iterator[Dict[str, torch.Tensor]]:
     """Yield collated batches of `ds` in `order`, skipping the first `start` batches (resume).
 
     shard=(rank, world): each global batch is cut into `world` equal contiguous shards and rank's shard is
     yielded; a final partial batch is cut down to a multiple of `world` rows (a whole batch when smaller).
+    drop_last: the final partial batch is not yielded at all.
     """
     rank, world = shard
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds.column_names]
-    for b in range(start, num_batches(len(order), batch_size, world)):
+    for b in range(start, num_batches(len(order), batch_size, world, drop_last)):
         idx = [int(i) for i in order[b * batch_size : (b + 1) * batch_size]]
         if world > 1:
             per_rank = len(idx) // world
@@ -55,10 +56,11 @@ def batches(ds, order: Sequence[int], batch_size: int, collate: Collator, start:
         yield collate(rows)
 
 
-def num_batches(n: int, batch_size: int, world: int = 1) -> int:
-    """Batches per epoch: every full batch, and the final partial one when it has a row for every rank."""
+def num_batches(n: int, batch_size: int, world: int = 1, drop_last: bool = False) -> int:
+    """Batches per epoch: every full batch, and the final partial one when it has a row for every rank
+    (never with drop_last)."""
     full, tail = divmod(n, batch_size)
-    return full + (1 if tail >= world else 0)
+    return full + (1 if tail >= world and not drop_last else 0)
 
 
 __all__ = ["epoch_order", "Collator", "batches", "num_batches"]

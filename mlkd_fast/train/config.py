@@ -15,9 +15,50 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from mlkd_fast.errors import InputError, InputTypeError
 
-# The loss terms of each MLKD stage, by their registry names (train/objectives.py).
-# Kept here, not beside the losses, so that reading a config never loads the ops.
-STAGE_TERMS = {1: ("emb", "mha", "ffn"), 2: ("ss", "sc", "kd")}
+# The objectives `distill` trains, by name: per stage, each loss term (its registry name in train/objectives.py)
+# and its default weight. Stage 1 distils the intermediate layers, stage 2 the prediction layer; one-stage
+# objectives run stage 2 only. Kept here, not beside the losses, so that reading a config never loads the ops.
+OBJECTIVES: Dict[str, Dict[int, Dict[str, float]]] = {
+    # MLKD-BERT (docs/method.md): relation and feature terms, then sample relations and soft labels
+    "mlkd": {1: {"emb": 1.0, "mha": 1.0, "ffn": 1.0}, 2: {"ss": 1.0, "sc": 1.0, "kd": 1.0}},
+    # plain fine-tuning of the student on the hard labels (CE; MSE for regression): no teacher
+    "ft": {2: {"ce": 1.0}},
+    # Hinton KD: alpha * soft CE at T (times T^2) + (1 - alpha) * hard CE; alpha = 0.5
+    "kd": {2: {"kd": 0.5, "ce": 0.5}},
+    # TinyBERT: embedding + hidden-state MSE through learned projections, per-head attention-score MSE; soft CE
+    "tinybert": {1: {"ffn": 1.0, "att": 1.0}, 2: {"kd": 1.0}},
+    # MiniLMv2: Q-Q, K-K, V-V relations of one upper teacher layer against the student's last layer; soft CE
+    "minilmv2": {1: {"qkv": 1.0}, 2: {"kd": 1.0}},
+}
+# How each objective reduces the soft cross-entropy: the authors' MLKD code divides by B * C ("mean"),
+# Hinton KD by B ("batchmean") and multiplies by T^2.
+KD_REDUCTION = {"mlkd": "mean", "ft": "mean", "kd": "batchmean", "tinybert": "batchmean", "minilmv2": "batchmean"}
+STAGE_TERMS = {stage: tuple(terms) for stage, terms in OBJECTIVES["mlkd"].items()}
+
+# Named presets of DistillConfig fields. "authors": the authors' released code where it differs from this
+# library's defaults (README, "Deviations"); a config's own fields override its preset's.
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "mlkd_fast": {},
+    "authors": {
+        "sc_projection": "ffn",  # L_SC reuses the stage-1 projection W_N of the last layer
+        "sc_regression_positives": "equal_scores",  # STS-B: samples with the same score are positives
+        "teacher_mode": "train",  # the teacher is never put in eval mode: dropout on
+        "mha_feature": "before_dropout",  # the heads' context from the attention probabilities before dropout
+        "optimizer": "bertadam",  # per-tensor clipping at 1, no bias correction
+        "projection_init": "normal",  # N(0, 0.02) weights, zero bias
+        "drop_last": True,  # L_SS and L_SC always see a full batch
+    },
+}
+CHOICES = {
+    "objective": tuple(OBJECTIVES),
+    "sc_projection": ("fresh", "ffn"),
+    "sc_regression_positives": ("views", "equal_scores"),
+    "teacher_mode": ("eval", "train"),
+    "mha_feature": ("output", "before_dropout"),
+    "optimizer": ("adamw", "bertadam"),
+    "projection_init": ("identity", "normal"),
+    "relations": ("global", "local"),
+}
 
 
 def check_int(name: str, value, minimum: int) -> None:
@@ -52,6 +93,10 @@ class _Common:
     # micro-batches per optimiser step: each rank's shard of the global batch is cut into this many pieces,
     # run one after another, their gradients summed (batch relations then span one micro-batch on all ranks)
     grad_accum_steps: int = 1
+    # optimiser steps between dev evaluations of the model-choosing phase (the last), beside the one at the end
+    # of each epoch; 0 = once per epoch. The authors': 10 (RTE), 20 (CoLA, MRPC, STS-B), 100 (SST-2), 500 (rest)
+    eval_every: int = 0
+    drop_last: bool = False  # drop each epoch's final partial batch (the authors' loader does)
 
     def validate(self) -> None:
         check_int("batch_size", self.batch_size, 1)
@@ -65,6 +110,9 @@ class _Common:
             check_int("max_train_samples", self.max_train_samples, 1)
         check_int("checkpoint_every", self.checkpoint_every, 0)
         check_int("grad_accum_steps", self.grad_accum_steps, 1)
+        check_int("eval_every", self.eval_every, 0)
+        if not isinstance(self.drop_last, bool):
+            raise InputTypeError(f"drop_last must be true or false, got {self.drop_last!r}")
         if self.batch_size % self.grad_accum_steps:
             raise InputError(f"batch_size={self.batch_size} must be divisible by grad_accum_steps={self.grad_accum_steps}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -91,46 +139,74 @@ class FinetuneConfig(_Common):
 
 @dataclass
 class DistillConfig(_Common):
-    """Two-stage MLKD distillation (docs/method.md)."""
+    """Two-stage MLKD distillation (docs/method.md), or one of the rival objectives (OBJECTIVES)."""
 
+    objective: str = "mlkd"
+    recipe: str = "mlkd_fast"  # the preset the other fields started from (RECIPES); informational once loaded
     stage1_epochs: int = 20
     stage2_epochs: int = 15
     warmup_proportion: float = 0.1  # stage 2 only; stage 1 runs at a constant lr
-    splits: int = 12  # A, the MHA-splits of L_MHA
+    splits: int = 12  # A, the MHA-splits of L_MHA (and the relation heads of minilmv2)
     layer_map: Optional[Tuple[int, ...]] = None  # None = uniform (teacher layers must be a multiple of student's)
-    stage1_weights: Dict[str, float] = field(default_factory=lambda: {n: 1.0 for n in STAGE_TERMS[1]})
-    stage2_weights: Dict[str, float] = field(default_factory=lambda: {n: 1.0 for n in STAGE_TERMS[2]})
+    # weight overrides per stage (term -> weight); terms left out keep the objective's default weight
+    stage1_weights: Dict[str, float] = field(default_factory=dict)
+    stage2_weights: Dict[str, float] = field(default_factory=dict)
     sc_temperature: float = 0.07
     sc_base_temperature: float = 1.0
     kd_temperature: float = 1.0
+    minilm_teacher_layer: Optional[int] = None  # minilmv2: the teacher layer (1-based); None = round(7/8 M)
     # data parallel: the sample relations (L_SS, L_SC) over the global batch ("global", the same as one
     # process on that batch) or over each rank's shard ("local", what other toolkits do)
     relations: str = "global"
+    # recipe choices where the authors' code differs (RECIPES["authors"] has their values)
+    sc_projection: str = "fresh"  # L_SC's map of the student's [CLS]: a fresh Linear, or stage 1's W_N ("ffn")
+    sc_regression_positives: str = "views"  # regression L_SC positives: the other view only, or equal scores too
+    teacher_mode: str = "eval"  # "train" runs the teacher with dropout (no gradients either way)
+    mha_feature: str = "output"  # L_MHA's O_n: the W^O input ("output"), or recomputed without attention dropout
+    optimizer: str = "adamw"  # "adamw": global-norm clipping; "bertadam": per-tensor clipping, no bias correction
+    projection_init: str = "identity"  # equal widths: identity maps; "normal": N(0, 0.02) weights, zero bias
 
     def validate(self) -> None:
         super().validate()
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.recipe not in RECIPES:
+            raise InputError(f"recipe must be one of {list(RECIPES)}, got {self.recipe!r}")
         check_int("stage1_epochs", self.stage1_epochs, 0)
         check_int("stage2_epochs", self.stage2_epochs, 0)
         check_float("warmup_proportion", self.warmup_proportion, strict=False)
         if self.warmup_proportion >= 1:
             raise InputError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
         check_int("splits", self.splits, 1)
+        if self.minilm_teacher_layer is not None:
+            check_int("minilm_teacher_layer", self.minilm_teacher_layer, 1)
         if self.layer_map is not None:
             if isinstance(self.layer_map, (str, bytes)) or not hasattr(self.layer_map, "__iter__"):
                 raise InputTypeError(f"layer_map must be a sequence of teacher layer numbers or None, got {self.layer_map!r}")
             self.layer_map = tuple(self.layer_map)
-        for stage, weights in ((1, self.stage1_weights), (2, self.stage2_weights)):
+        for stage in (1, 2):
+            weights = getattr(self, f"stage{stage}_weights")
             if not isinstance(weights, Mapping):
                 raise InputTypeError(f"stage{stage}_weights must be a mapping of loss name -> weight, got {weights!r}")
+            terms = tuple(OBJECTIVES[self.objective].get(stage, {}))
             for name, w in weights.items():
-                if name not in STAGE_TERMS[stage]:
-                    raise InputError(f"stage{stage}_weights: {name!r} is not a stage-{stage} term {STAGE_TERMS[stage]}")
+                if name not in terms:
+                    raise InputError(f"stage{stage}_weights: {name!r} is not a stage-{stage} term of objective "
+                                     f"{self.objective!r} {terms}")
                 check_float(f"stage{stage}_weights[{name!r}]", w, strict=False)
         check_float("sc_temperature", self.sc_temperature)
         check_float("sc_base_temperature", self.sc_base_temperature)
         check_float("kd_temperature", self.kd_temperature)
-        if self.relations not in ("global", "local"):
-            raise InputError(f"relations must be 'global' or 'local', got {self.relations!r}")
+
+    def weights(self, stage: int) -> Dict[str, float]:
+        """The objective's terms of `stage` with their weights (defaults, then this config's overrides)."""
+        overrides = self.stage1_weights if stage == 1 else self.stage2_weights
+        return {name: float(overrides.get(name, w)) for name, w in OBJECTIVES[self.objective].get(stage, {}).items()}
+
+    @property
+    def objective_stages(self) -> Tuple[int, ...]:
+        return tuple(sorted(OBJECTIVES[self.objective]))
 
 
 def config_from_dict(cls, values: Mapping[str, Any], source: str = "config"):
@@ -141,7 +217,12 @@ def config_from_dict(cls, values: Mapping[str, Any], source: str = "config"):
     unknown = sorted(set(values) - names)
     if unknown:
         raise InputError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(names)}")
-    cfg = cls(**dict(values))
+    values = dict(values)
+    if "recipe" in values:  # the preset first, the mapping's own fields over it
+        if values["recipe"] not in RECIPES:
+            raise InputError(f"{source}: recipe must be one of {list(RECIPES)}, got {values['recipe']!r}")
+        values = {**RECIPES[values["recipe"]], **values}
+    cfg = cls(**values)
     cfg.validate()
     return cfg
 
@@ -182,4 +263,4 @@ def config_to_dict(cfg) -> Dict[str, Any]:
     return d
 
 
-__all__ = ["STAGE_TERMS", "FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]
+__all__ = ["STAGE_TERMS", "OBJECTIVES", "KD_REDUCTION", "RECIPES", "CHOICES", "FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]

@@ -1,4 +1,4 @@
-"""Two-stage MLKD distillation (docs/method.md), as two phases of the shared loop (train/loop.py).
+"""Two-stage MLKD distillation (docs/method.md), and the rival objectives, as phases of the shared loop.
 
     batch -> teacher features (frozen, no_grad) and student features (hooks, capture.py)
           -> loss terms (objectives.py: the relation terms run on the fused ops)
@@ -6,7 +6,10 @@
 Stage 1 trains student + the L_FFN projections on L_EMB + L_MHA + L_FFN at a
 constant lr; stage 2 starts from the stage-1 student and trains student + the
 L_SC projection on L_SS + L_SC + L_KD with linear decay after 10 % warm-up.
-After every epoch the student is evaluated on the dev set; the best dev
+The other objectives (config.OBJECTIVES: ft, kd, tinybert, minilmv2) are other
+terms in the same stages; each step captures only what its terms read, and the
+teacher runs only when a term reads it. After every epoch (and every
+`eval_every` steps) the student is evaluated on the dev set; the best dev
 checkpoint of the last stage is kept (save_pretrained + tokenizer).
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import backends
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.capture import capture_features, encoder_layers
-from mlkd_fast.train.config import DistillConfig, config_to_dict
+from mlkd_fast.train.config import KD_REDUCTION, DistillConfig, config_to_dict
 from mlkd_fast.train.distributed import Dist, check_global_batch
 from mlkd_fast.train.layer_map import resolve_layer_map
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
@@ -35,12 +38,7 @@ from mlkd_fast.train.models import (
     pad_id,
     resolve_device,
 )
-from mlkd_fast.train.objectives import (
-    DistillProjections,
-    LossContext,
-    stage_loss,
-    stage_weights,
-)
+from mlkd_fast.train.objectives import DistillProjections, LossContext, stage_loss, stage_needs
 from mlkd_fast.train.optim import (
     constant_schedule,
     linear_schedule,
@@ -70,7 +68,7 @@ def distill(
     task: Optional[str] = None,
     config: Optional[DistillConfig] = None,
     output_dir: str,
-    stages: Sequence[int] = (1, 2),
+    stages: Optional[Sequence[int]] = None,
     backend: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
@@ -80,6 +78,7 @@ def distill(
     """Distil `teacher` (a task-fine-tuned sequence classifier) into `student` (e.g. from build_student).
 
     teacher / student: models, or directories holding fine-tuned classifiers.
+    stages: the stages to run, (1, 2), (1,) or (2,); None = every stage of config.objective.
     train_data / eval_data: datasets.Dataset, raw text (sentence1[, sentence2], labels; pass tokenizer=)
     or tokenised (input_ids, attention_mask[, token_type_ids], labels).
     """
@@ -100,23 +99,24 @@ def distill(
     if student.config.vocab_size != teacher.config.vocab_size:
         raise InputError(f"the student's vocabulary ({student.config.vocab_size} tokens) differs from the teacher's "
                          f"({teacher.config.vocab_size}): both read the same input_ids")
-    layer_map = _check_shapes(teacher, student, cfg, stages)
+    layer_map, minilm_layer = _check_shapes(teacher, student, cfg, stages)
     dist = Dist.from_env(resolve_device(cfg.device))
     check_global_batch(cfg.batch_size, dist, cfg.grad_accum_steps)
     device = dist.device
     backend = backends.resolve(backend, device)
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
     settings = dict(config_to_dict(cfg), stages=list(stages), layer_map=list(layer_map), backend=backend,
-                    train_rows=len(train), task=spec.name if spec else None,
+                    train_rows=len(train), task=spec.name if spec else None, minilm_layer=minilm_layer,
                     teacher_weights=weights_fingerprint(teacher), teacher_shape=model_shape(teacher),
                     student_shape=model_shape(student), train_data=data_fingerprint(train),
                     eval_data=data_fingerprint(dev) if dev is not None else None)
     with start_run(dist, output_dir, settings, resume=resume, overwrite=overwrite, kind="distill") as saved:
         checkpoint.seed_everything(cfg.seed)
-        teacher.to(device).eval()
+        teacher.to(device).train(cfg.teacher_mode == "train")  # "train": dropout on, as the authors' code runs it
         teacher.requires_grad_(False)
         student.to(device)
-        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map)).to(device)
+        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map),
+                                         init=cfg.projection_init).to(device)
         regression = num_labels == 1
         run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
@@ -124,51 +124,74 @@ def distill(
                   tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections}, dist=dist)
         context = dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
                        sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
-                       kd_temperature=cfg.kd_temperature, backend=backend, dist=dist, relations=cfg.relations)
+                       sc_projection=cfg.sc_projection, kd_temperature=cfg.kd_temperature,
+                       kd_reduction=KD_REDUCTION[cfg.objective], minilm_layer=minilm_layer, backend=backend,
+                       dist=dist, relations=cfg.relations)
         phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
                   for s in stages]
         return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
 
 def _stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir) -> Phase:
-    """MLKD stage 1 or 2 as a phase: its objective, what it trains, its optimiser and schedule."""
-    weights = stage_weights(stage, cfg.stage1_weights if stage == 1 else cfg.stage2_weights)
-    token_level = stage == 1  # only stage 1 compares MHA outputs and token embeddings
+    """Stage 1 or 2 of the objective as a phase: its terms, what it trains, its optimiser and schedule."""
+    weights = cfg.weights(stage)
+    parts, uses_teacher = stage_needs(weights)
+    capture = dict(parts, mha_before_dropout=cfg.mha_feature == "before_dropout")
+    sc_ids = _sc_positive_ids(cfg, context["is_regression"])
 
     def step(batch):
-        with torch.no_grad():
-            t_feat = capture_features(teacher, batch, mha=token_level, token_embeddings=token_level)
-        s_feat = capture_features(student, batch, mha=token_level, token_embeddings=token_level)
-        labels = None if context["is_regression"] else batch["labels"]
+        t_feat = None
+        if uses_teacher:
+            with torch.no_grad():
+                t_feat = capture_features(teacher, batch, **capture)
+        s_feat = capture_features(student, batch, **capture)
         mask = batch["attention_mask"].bool()
         dist = context["dist"]
         shares = dist.shares({"token": int(mask.sum()), "sample": mask.shape[0]})
-        ctx = LossContext(mask=mask, labels=labels, shares=shares, **context)
+        ctx = LossContext(mask=mask, labels=sc_ids(batch["labels"]), targets=batch["labels"], shares=shares, **context)
         return stage_loss(weights, t_feat, s_feat, ctx)
 
-    # stage 1 learns the hidden-state projections W_n, stage 2 the contrastive one
-    trained = [student, projections.hidden if stage == 1 else projections.contrastive]
-    optimizer = make_optimizer(trained, cfg.learning_rate, cfg.weight_decay)
+    # stage 1 learns the hidden-state projections W_n; stage 2 the contrastive one (W_N itself when L_SC reuses it)
+    extra = projections.hidden if stage == 1 else projections.sc_map(cfg.sc_projection)
+    trained = [student, extra] if any(weights.get(n, 0) for n in ("ffn", "sc")) else [student]
+    optimizer = make_optimizer(trained, cfg.learning_rate, cfg.weight_decay, cfg.optimizer, cfg.max_grad_norm)
     epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
     if stage == 1:
         scheduler = constant_schedule(optimizer)
     else:
-        steps = num_batches(train_rows, cfg.batch_size, context["dist"].world) * epochs
+        steps = num_batches(train_rows, cfg.batch_size, context["dist"].world, cfg.drop_last) * epochs
         scheduler = linear_schedule(optimizer, steps, cfg.warmup_proportion)
     final = stage == stages[-1]
     return Phase(stage=stage, label=f"stage {stage}", epochs=epochs, step=step, optimizer=optimizer,
                  scheduler=scheduler, clip_params=optimized_params(optimizer), keep_best=final,
+                 # BertAdam clips each tensor itself: the loop's global norm is then only checked, not clipped
+                 max_grad_norm=float("inf") if cfg.optimizer == "bertadam" else None,
                  save_at_end=None if final else os.path.join(output_dir, "stage1"))
+
+
+def _sc_positive_ids(cfg: DistillConfig, regression: bool):
+    """labels -> L_SC's positive ids: class ids; for regression None (the other view only) or, with
+    sc_regression_positives="equal_scores" (the authors'), one id per distinct score."""
+    if not regression:
+        return lambda labels: labels
+    if cfg.sc_regression_positives == "equal_scores":
+        return lambda scores: torch.unique(scores, return_inverse=True)[1]
+    return lambda scores: None
 
 
 def _check_stages(stages, cfg: DistillConfig) -> tuple:
     """The stages to run, in order, without those configured to 0 epochs."""
+    if stages is None:
+        stages = cfg.objective_stages
     try:
         stages = tuple(int(s) for s in stages)
     except (TypeError, ValueError):
         raise InputTypeError(f"stages must be a sequence of stage numbers like (1, 2), got {stages!r}") from None
     if not stages or any(s not in (1, 2) for s in stages) or list(stages) != sorted(set(stages)):
         raise InputError(f"stages must be (1,), (2,) or (1, 2), got {stages}")
+    missing = [s for s in stages if s not in cfg.objective_stages]
+    if missing:
+        raise InputError(f"objective {cfg.objective!r} has no stage {missing[0]} (its stages: {cfg.objective_stages})")
     epochs = {1: cfg.stage1_epochs, 2: cfg.stage2_epochs}
     if all(epochs[s] == 0 for s in stages):
         raise InputError(f"every stage in {stages} has 0 epochs: nothing to train")
@@ -176,16 +199,27 @@ def _check_stages(stages, cfg: DistillConfig) -> tuple:
 
 
 def _check_shapes(teacher, student, cfg: DistillConfig, stages) -> tuple:
-    """The layer map, after checking that the configured terms fit the two models' shapes."""
+    """The layer map and the minilmv2 teacher layer, after checking that the configured terms fit the two
+    models' shapes."""
     _, t_layers = encoder_layers(teacher)
     _, s_layers = encoder_layers(student)
     layer_map = resolve_layer_map(cfg.layer_map, len(t_layers), len(s_layers))
-    if 1 in stages and cfg.stage1_weights.get("mha", 1.0) != 0:
+    weights = {name: w for stage in stages for name, w in cfg.weights(stage).items() if w != 0}
+    if "mha" in weights or "qkv" in weights:
+        term = "L_MHA" if "mha" in weights else "the qkv relations"
         for who, model in (("teacher", teacher), ("student", student)):
             width = model.config.hidden_size
             if width % cfg.splits != 0:
-                raise InputError(f"splits={cfg.splits} does not divide the {who}'s hidden size {width} (L_MHA needs equal splits)")
-    return layer_map
+                raise InputError(f"splits={cfg.splits} does not divide the {who}'s hidden size {width} ({term} needs equal splits)")
+    if "att" in weights and teacher.config.num_attention_heads != student.config.num_attention_heads:
+        raise InputError(f"objective {cfg.objective!r}: the attention-score loss compares head h with head h, but the "
+                         f"teacher has {teacher.config.num_attention_heads} heads and the student "
+                         f"{student.config.num_attention_heads}; build the student with "
+                         f"{teacher.config.num_attention_heads} heads (mlkd and minilmv2 take any head count)")
+    minilm_layer = cfg.minilm_teacher_layer or max(1, round(len(t_layers) * 7 / 8))
+    if minilm_layer > len(t_layers):
+        raise InputError(f"minilm_teacher_layer={minilm_layer} but the teacher has {len(t_layers)} layers")
+    return layer_map, minilm_layer
 
 
 __all__ = ["distill", "DistillResult"]

@@ -1,10 +1,14 @@
-"""What one forward pass of a BERT yields for MLKD (filled by capture.py)."""
+"""What one forward pass of a BERT yields for distillation (filled by capture.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
+
+# The optional parts of Features a loss term can ask for (objectives.register_loss(needs=...)); the hidden
+# states and logits come with every forward pass.
+PARTS = ("token_embeddings", "mha", "qkv")
 
 
 @dataclass
@@ -14,14 +18,19 @@ class Features:
     token_embeddings: LayerNorm(word_embeddings(input_ids)), (B, L, D): input of L_EMB.
     mha: per Transformer layer (1..N), the concatenated heads' attention output,
          i.e. the input of attention.output.dense, (B, L, D): input of L_MHA.
+    qkv: per Transformer layer, the (query, key, value) projections, (B, L, D) each:
+         inputs of the TinyBERT attention-score and MiniLMv2 relation terms.
     hidden: H_0 (embedding output) .. H_N, (B, L, D) each: input of L_FFN.
     logits: (B, C) classifier output (C = 1 for regression).
+    heads: the model's attention heads (how qkv splits into heads).
     """
 
     token_embeddings: Optional[torch.Tensor] = None
     mha: List[torch.Tensor] = field(default_factory=list)
+    qkv: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     hidden: List[torch.Tensor] = field(default_factory=list)
     logits: Optional[torch.Tensor] = None
+    heads: int = 0
 
     @property
     def cls(self) -> torch.Tensor:

@@ -5,7 +5,7 @@ fine-tuning is one phase, MLKD distillation is two (stage 1, stage 2).
         for epoch in the phase's remaining epochs:
             for batch in the seeded epoch order (a resumed epoch starts at state.step):
                 loss, terms = phase.step(batch)        # the path's objective
-                backward -> clip -> optimizer -> scheduler -> log -> periodic checkpoint
+                backward -> clip -> optimizer -> scheduler -> log -> periodic checkpoint [-> dev metrics]
             dev metrics -> history -> best model kept -> checkpoint
 
 A path describes itself (a `Run` and its `Phase`s) and never copies this loop.
@@ -49,7 +49,8 @@ class RunState:
     sums: Dict[str, float] = field(default_factory=dict)  # per-term loss sums over the current epoch
     count: int = 0  # batches summed in `sums`
     history: List[Dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
-    best: Optional[Dict[str, Any]] = None  # {"value", "epoch"[, "stage"]} of the kept model
+    evals: List[Dict[str, Any]] = field(default_factory=list)  # the dev evaluations within epochs (eval_every)
+    best: Optional[Dict[str, Any]] = None  # {"value", "epoch", "step"[, "stage"]} of the kept model
 
     def enter_phase(self, stage: int) -> None:
         self.stage, self.epoch, self.step, self.sums, self.count = stage, 0, 0, {}, 0
@@ -86,6 +87,7 @@ class Phase:
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a torch lr scheduler
     clip_params: Sequence[torch.Tensor]  # parameters whose global gradient norm is clipped
+    max_grad_norm: Optional[float] = None  # the global clipping norm; None = the config's (0 or inf = no clipping)
     keep_best: bool = True  # choose the kept model on this phase's dev metric
     save_at_end: Optional[str] = None  # also save the model here when the phase ends
 
@@ -178,17 +180,19 @@ def _run_phases(run: Run, phases: Sequence[Phase], saved, state: RunState, logge
 def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger, stop: "StopSignals") -> None:
     cfg, dist = run.config, run.dist
     order = epoch_order(len(run.train), cfg.seed, phase.stage * 100_000 + epoch)
-    total = num_batches(len(run.train), cfg.batch_size, dist.world)
+    total = num_batches(len(run.train), cfg.batch_size, dist.world, cfg.drop_last)
     bar = progress_bar(total, state.step, f"{phase.label} epoch {epoch + 1}/{phase.epochs}", run.progress and dist.is_main)
     run.model.train()
-    for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step, shard=(dist.rank, dist.world)):
+    max_norm = cfg.max_grad_norm if phase.max_grad_norm is None else phase.max_grad_norm
+    for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step, shard=(dist.rank, dist.world),
+                         drop_last=cfg.drop_last):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         terms, stops = _accumulate(run, phase, batch, state, epoch, stop)
         run.amp.unscale(phase.optimizer)
         dist.average_gradients(phase.clip_params)
         # the norm is always taken (max_norm=inf scales by exactly 1): a non-finite gradient stops the run
         # before the optimiser writes it into the weights (with fp16 the scaler skips that step instead)
-        norm = nn.utils.clip_grad_norm_(phase.clip_params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        norm = nn.utils.clip_grad_norm_(phase.clip_params, max_norm if max_norm > 0 else float("inf"))
         if not run.amp.skips_overflow:
             _check_finite("gradient norm", float(norm), terms, phase, state, epoch)
         run.amp.step(phase.optimizer)
@@ -199,6 +203,11 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
         bar.update(1)
         logger.log({"kind": "train", **_where(phase, epoch), "step": state.global_step,
                     "lr": phase.scheduler.get_last_lr()[0], **terms}, step=state.global_step)
+        if cfg.eval_every and phase.keep_best and state.global_step % cfg.eval_every == 0 and state.step < total:
+            evaluated = {**_where(phase, epoch), "step": state.global_step, "metrics": _dev_metrics(run)}
+            state.evals.append(evaluated)
+            logger.log(dict(evaluated, kind="eval"), step=state.global_step)
+            _keep_if_best(run, phase, state, evaluated)
         if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
             _save_state(run, phase, state)
         # one process: stop at the end of the step the signal arrived in; data parallel: every rank stops at the
@@ -272,21 +281,36 @@ def _check_finite(what: str, value: float, terms: Dict[str, float], phase: Phase
 def _end_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger) -> None:
     """Dev metrics, the epoch's history record, the best model, and a checkpoint."""
     record = {**_where(phase, epoch), "steps": state.count, **state.epoch_means()}
-    if run.dev is not None and run.dist.is_main:  # rank 0 evaluates; every rank gets its metrics
-        record["metrics"] = evaluate_model(run.model, run.dev, run.task, run.config.eval_batch_size, run.device,
-                                           run.collate.pad_token_id)
-    record = run.dist.broadcast_object(record)
+    if run.dev is not None:
+        record["metrics"] = _dev_metrics(run)
     state.history.append(record)
     logger.log(dict(record, kind="epoch"), step=state.global_step)
-    if phase.keep_best:
-        value = record["metrics"][run.metric] if run.dev is not None else None
-        # without dev data the latest epoch is kept
-        if state.best is None or value is None or value > state.best["value"]:
-            state.best = {"value": value, **_where(phase, epoch)}
-            if run.dist.is_main:
-                save_model_atomic(run.model, run.model_dir, run.tokenizer)
+    _keep_if_best(run, phase, state, dict(record, step=state.global_step))
     state.finish_epoch()
     _save_state(run, phase, state)
+
+
+def _dev_metrics(run: Run) -> Optional[Dict[str, float]]:
+    """Rank 0 evaluates on the dev set; every rank gets its metrics (None without dev data)."""
+    metrics = None
+    if run.dev is not None and run.dist.is_main:
+        metrics = evaluate_model(run.model, run.dev, run.task, run.config.eval_batch_size, run.device,
+                                 run.collate.pad_token_id)
+    metrics = run.dist.broadcast_object(metrics)
+    run.model.train()  # evaluation switched it to eval mode; a mid-epoch evaluation continues training
+    return metrics
+
+
+def _keep_if_best(run: Run, phase: Phase, state: RunState, record: Dict[str, Any]) -> None:
+    """In the model-choosing phase, save the model when its dev metric beats the kept one (without dev
+    data, the latest is kept)."""
+    if not phase.keep_best:
+        return
+    value = record["metrics"][run.metric] if run.dev is not None else None
+    if state.best is None or value is None or value > state.best["value"]:
+        state.best = {"value": value, **_where(phase, record["epoch"] - 1), "step": record["step"]}
+        if run.dist.is_main:
+            save_model_atomic(run.model, run.model_dir, run.tokenizer)
 
 
 def _where(phase: Phase, epoch: int) -> Dict[str, int]:

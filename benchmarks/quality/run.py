@@ -1,0 +1,164 @@
+"""One quality experiment: distil one student with one objective on one GLUE task and seed, append its row.
+
+    python benchmarks/quality/run.py --task mrpc --objective mlkd --heads 12 --seed 42
+    python benchmarks/quality/run.py --task mrpc --objective mlkd --heads 12 --seed 42 \
+        --variant mlkd-no-emb --set stage1_weights.emb=0
+
+The teacher (all-MiniLM-L6-v2 fine-tuned per task, grid.yaml "teacher") is trained once and cached in
+runs/quality/teachers/<task>; every row of that task reuses it. The student (grid.yaml "student", `--heads`
+heads) is copied from the teacher's layers, then trained by `mlkd_fast.distill` with `--objective` at the
+task's budget (grid.yaml "tasks"), equal in optimiser steps across objectives. The kept student (best dev
+point) is evaluated, timed, and its row appended to benchmarks/results/quality_<machine>.csv. A row whose
+(task, variant, heads, seed, epochs) is already in the file is never rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import hostinfo  # noqa: E402
+import resultfile  # noqa: E402
+
+from mlkd_fast import build_student, distill, evaluate, finetune, load_for_task  # noqa: E402
+from mlkd_fast.data import get_task, load_glue_split  # noqa: E402
+from mlkd_fast.train.config import OBJECTIVES, DistillConfig, FinetuneConfig, config_from_dict  # noqa: E402
+from mlkd_fast.train.models import pretrained_teacher_dir  # noqa: E402
+
+GRID = os.path.join(HERE, "grid.yaml")
+KEY = ("task", "variant", "heads", "seed", "epochs")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True)
+    p.add_argument("--objective", required=True, choices=tuple(OBJECTIVES))
+    p.add_argument("--heads", type=int, default=12, help="student attention heads (default 12)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--variant", help="the row's name (default: the objective); required with --set")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a DistillConfig override, e.g. recipe=authors or stage1_weights.emb=0 (repeatable)")
+    p.add_argument("--stages", help="stages to run, e.g. 2 (default: every stage of the objective)")
+    p.add_argument("--teacher-model", help="pretrained encoder the teacher is fine-tuned from (default all-MiniLM-L6-v2)")
+    p.add_argument("--glue-dir", default=os.path.join(hostinfo.REPO_DIR, "..", "shared", "data", "glue"))
+    p.add_argument("--runs-dir", default=os.path.join(hostinfo.REPO_DIR, "runs", "quality"),
+                   help="teachers and students go here (not committed)")
+    p.add_argument("--results", help="CSV to append to (default benchmarks/results/quality_<machine>.csv)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if args.set and not args.variant:
+        p.error("--set changes the recipe: name the row with --variant")
+    return args
+
+
+def overrides(pairs) -> dict:
+    """["recipe=authors", "stage1_weights.emb=0"] -> {"recipe": "authors", "stage1_weights": {"emb": 0}}."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE")
+        key, value = pair.split("=", 1)
+        value = yaml.safe_load(value)
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            out.setdefault(outer, {})[inner] = value
+        else:
+            out[key] = value
+    return out
+
+
+def ensure_teacher(task: str, glue_dir: str, runs_dir: str, grid: dict, task_grid: dict, pretrained=None):
+    """The task's fine-tuned teacher directory and its dev metrics; trained (or its run resumed) when missing."""
+    out = os.path.join(runs_dir, "teachers", task)
+    settings = dict(grid["teacher"], max_seq_length=task_grid["max_seq_length"])
+    if task_grid.get("max_train_samples"):
+        settings["max_train_samples"] = task_grid["max_train_samples"]
+    metrics_file = os.path.join(out, "dev_metrics.json")
+    if os.path.exists(metrics_file):
+        with open(metrics_file) as f:
+            saved = json.load(f)
+        if saved["settings"] != settings:
+            raise SystemExit(f"{out} holds a teacher trained with {saved['settings']}, not {settings}: move it away")
+        return os.path.join(out, "model"), saved["metrics"]
+    cfg = config_from_dict(FinetuneConfig, settings)
+    torch.manual_seed(cfg.seed)  # the new classification head
+    model, tokenizer = load_for_task(pretrained or pretrained_teacher_dir(), get_task(task).num_labels)
+    train, dev = load_glue_split(task, glue_dir, "train"), load_glue_split(task, glue_dir, "dev")
+    resume = os.path.exists(os.path.join(out, "checkpoint"))
+    result = finetune(model, train, eval_data=dev, task=task, config=cfg, output_dir=out, tokenizer=tokenizer,
+                      resume=resume, overwrite=not resume, progress=False)
+    metrics = evaluate(result.model_dir, dev, task=task, max_seq_length=cfg.max_seq_length)
+    resultfile_json(metrics_file, {"settings": settings, "metrics": metrics})
+    return result.model_dir, metrics
+
+
+def resultfile_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def budget(objective: str, task_grid: dict) -> dict:
+    """Epochs per stage at the task's budget: equal optimiser steps for every objective."""
+    epochs, first = task_grid["epochs"], task_grid["stage1_epochs"]
+    two_stage = 1 in OBJECTIVES[objective]
+    return {"stage1_epochs": first if two_stage else 0, "stage2_epochs": epochs - first if two_stage else epochs}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with open(GRID) as f:
+        grid = yaml.safe_load(f)
+    task = get_task(args.task).name
+    task_grid = grid["tasks"][task]
+    variant = args.variant or args.objective
+    path = args.results or os.path.join(resultfile.RESULTS_DIR, f"quality_{hostinfo.machine_kind(args.device)}.csv")
+    key = dict(task=task, variant=variant, heads=str(args.heads), seed=str(args.seed), epochs=str(task_grid["epochs"]))
+    if os.path.exists(path) and any(all(r.get(k) == v for k, v in key.items()) for r in resultfile.read_csv(path)):
+        print(f"quality: {key} is already in {path}; not rerun")
+        return 0
+    teacher_dir, teacher_metrics = ensure_teacher(task, args.glue_dir, args.runs_dir, grid, task_grid,
+                                                  args.teacher_model)
+
+    values = dict(grid["distill"], objective=args.objective, seed=args.seed, device=args.device,
+                  max_seq_length=task_grid["max_seq_length"], eval_every=task_grid["eval_every"],
+                  max_train_samples=task_grid.get("max_train_samples"), **budget(args.objective, task_grid))
+    values.update(overrides(args.set))
+    cfg = config_from_dict(DistillConfig, values)
+    teacher, tokenizer = load_for_task(teacher_dir, get_task(task).num_labels)
+    torch.manual_seed(args.seed)
+    student = build_student(teacher, num_heads=args.heads, **grid["student"])
+    train, dev = load_glue_split(task, args.glue_dir, "train"), load_glue_split(task, args.glue_dir, "dev")
+    out = os.path.join(args.runs_dir, task, f"{variant}_h{args.heads}_s{args.seed}")
+    stages = [int(s) for s in args.stages.split(",")] if args.stages else None
+    start = time.time()
+    result = distill(teacher, student, train, eval_data=dev, task=task, config=cfg, output_dir=out, stages=stages,
+                     tokenizer=tokenizer, overwrite=True, progress=False)
+    wall = time.time() - start
+    with open(os.path.join(out, "history.json")) as f:
+        best = json.load(f)["best"]
+    scored = evaluate(result.student_dir, dev, task=task, max_seq_length=cfg.max_seq_length,
+                      latency_batches=grid["latency_batches"], batch_size=32)
+    metric = result.metric
+    row = dict(key, objective=args.objective, overrides=" ".join(args.set), student=f"{grid['student']['num_layers']}L-"
+               f"{student.config.hidden_size}", stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
+               steps=sum(h["steps"] for h in result.history), metric=metric,
+               **{f"dev_{k}": f"{v:.4f}" for k, v in scored.items() if k in ("f1", "accuracy", "mcc", "pearson", "spearman")},
+               best_stage=best.get("stage"), best_step=best.get("step"), teacher_metric=f"{teacher_metrics[metric]:.4f}",
+               params=scored["parameters"], latency_ms=f"{scored['latency_ms_per_batch']:.1f}",
+               wall_s=f"{wall:.0f}", **hostinfo.machine_info(args.device))
+    resultfile.append_csv(path, [row])
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
