@@ -153,7 +153,7 @@ def run_phases(run: Run, phases: Sequence[Phase], saved: Optional[Dict[str, Any]
             logger.close()
     if run.dist.is_main:
         save_json(os.path.join(run.output_dir, "history.json"),
-                  {"history": state.history, "best": state.best, "metric": run.metric})
+                  {"history": state.history, "evals": state.evals, "best": state.best, "metric": run.metric})
     run.dist.barrier()
     return state
 
