@@ -34,6 +34,7 @@ from mlkd_fast.train.models import pretrained_teacher_dir  # noqa: E402
 
 GRID = os.path.join(HERE, "grid.yaml")
 KEY = ("task", "variant", "heads", "seed", "epochs")
+METRICS = ("f1", "accuracy", "mcc", "pearson", "spearman")
 
 
 def parse_args(argv=None):
@@ -151,8 +152,9 @@ def main(argv=None) -> int:
     row = dict(key, objective=args.objective, overrides=" ".join(args.set), student=f"{grid['student']['num_layers']}L-"
                f"{student.config.hidden_size}", stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
                steps=sum(h["steps"] for h in result.history), metric=metric,
-               **{f"dev_{k}": f"{v:.4f}" for k, v in scored.items() if k in ("f1", "accuracy", "mcc", "pearson", "spearman")},
-               best_stage=best.get("stage"), best_step=best.get("step"), teacher_metric=f"{teacher_metrics[metric]:.4f}",
+               **{f"dev_{k}": f"{v:.4f}" for k, v in scored.items() if k in METRICS},
+               best_stage=best.get("stage"), best_step=best.get("step"),
+               **{f"teacher_{k}": f"{v:.4f}" for k, v in teacher_metrics.items() if k in METRICS},
                params=scored["parameters"], latency_ms=f"{scored['latency_ms_per_batch']:.1f}",
                wall_s=f"{wall:.0f}", **hostinfo.machine_info(args.device))
     resultfile.append_csv(path, [row])

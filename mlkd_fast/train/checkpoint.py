@@ -109,8 +109,18 @@ def load_state(output_dir: str, kind: str) -> Dict[str, Any]:
     raise InputError("cannot resume: " + "; ".join(problems))
 
 
+# Settings added after checkpoints were first written, with the value that an older checkpoint (which lacks the
+# key) ran with: such a run resumes when the current value is that one.
+LATER_SETTINGS: Dict[str, Any] = {
+    "eval_every": 0, "drop_last": False, "objective": "mlkd", "recipe": "mlkd_fast", "minilm_teacher_layer": None,
+    "minilm_layer": None, "sc_projection": "fresh", "sc_regression_positives": "views", "teacher_mode": "eval",
+    "mha_feature": "output", "optimizer": "adamw", "projection_init": "identity",
+}
+
+
 def check_same_config(saved: Dict[str, Any], current: Dict[str, Any], path: str) -> None:
     """Resuming with other settings (or another teacher, student shape or data) would not continue the run: refuse."""
+    saved = {**{k: v for k, v in LATER_SETTINGS.items() if k in current}, **saved}
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
         pairs = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)

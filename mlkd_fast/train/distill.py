@@ -105,8 +105,8 @@ def distill(
     device = dist.device
     backend = backends.resolve(backend, device)
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
-    settings = dict(config_to_dict(cfg), stages=list(stages), layer_map=list(layer_map), backend=backend,
-                    train_rows=len(train), task=spec.name if spec else None, minilm_layer=minilm_layer,
+    settings = dict(config_to_dict(cfg), stages=list(stages), stage1_weights=cfg.weights(1), stage2_weights=cfg.weights(2), layer_map=list(layer_map), backend=backend,
+                    train_rows=len(train), task=spec.name if spec else None, minilm_layer=minilm_layer if cfg.objective == "minilmv2" else None,
                     teacher_weights=weights_fingerprint(teacher), teacher_shape=model_shape(teacher),
                     student_shape=model_shape(student), train_data=data_fingerprint(train),
                     eval_data=data_fingerprint(dev) if dev is not None else None)
