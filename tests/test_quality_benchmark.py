@@ -1,0 +1,75 @@
+"""The quality benchmark: one row end to end on tiny models (teacher cached, rows never rerun), and the table
+built from a CSV whose means, spreads and retention are checked by hand."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from tiny_bert import tiny_config, tiny_tokenizer, write_mrpc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(REPO, "benchmarks", "quality", "run.py")
+TABLE = os.path.join(REPO, "benchmarks", "quality", "table.py")
+
+
+def _run(*args, check=True):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+
+def test_one_row_end_to_end_on_tiny_models(tmp_path):
+    from transformers import BertModel
+
+    pretrained = tmp_path / "pretrained"
+    BertModel(tiny_config(layers=6, hidden=32, heads=4)).save_pretrained(pretrained)
+    tiny_tokenizer(str(pretrained)).save_pretrained(pretrained)
+    glue = write_mrpc(str(tmp_path / "glue"), n_train=24, n_dev=8)
+    results = tmp_path / "quality.csv"
+    common = ["--task", "mrpc", "--glue-dir", glue, "--teacher-model", str(pretrained), "--runs-dir",
+              str(tmp_path / "runs"), "--results", str(results), "--heads", "2", "--set", "splits=4"]
+    _run(RUN, "--objective", "kd", "--variant", "kd", *common)
+    teacher_files = os.listdir(tmp_path / "runs" / "teachers" / "mrpc")
+    assert "dev_metrics.json" in teacher_files
+    _run(RUN, "--objective", "mlkd", "--variant", "mlkd", *common)
+    rows = list(csv.DictReader(open(results)))
+    assert [(r["variant"], r["objective"], r["heads"]) for r in rows] == [("kd", "kd", "2"), ("mlkd", "mlkd", "2")]
+    kd, mlkd = rows
+    # equal budgets in optimiser steps: 3 epochs of 24 rows in batches of 32
+    assert kd["steps"] == mlkd["steps"] == "3" and (kd["stage1_epochs"], mlkd["stage1_epochs"]) == ("0", "1")
+    assert 0 <= float(mlkd["dev_f1"]) <= 1 and mlkd["teacher_f1"] == kd["teacher_f1"] and mlkd["commit"]
+    again = _run(RUN, "--objective", "mlkd", "--variant", "mlkd", *common)
+    assert "not rerun" in again.stdout and len(list(csv.DictReader(open(results)))) == 2
+    bad = _run(RUN, "--objective", "mlkd", "--task", "mrpc", "--set", "splits=4", check=False)
+    assert bad.returncode != 0 and "--variant" in bad.stderr
+
+
+def _row(task, variant, seed, main, value, teacher, **kw):
+    row = dict(task=task, variant=variant, heads="12", seed=str(seed), epochs="3", metric=main, student="3L-384",
+               stage1_epochs="1", stage2_epochs="2", steps="345", params="17390594", latency_ms="100",
+               wall_s="600", cpu_model="cpu", commit="abc")
+    row.update({f"dev_{main}": str(value), f"teacher_{main}": str(teacher)}, **kw)
+    return row
+
+
+def test_table_means_spreads_and_retention(tmp_path):
+    rows = [_row("cola", "ft", 1, "mcc", 0.30, 0.40), _row("cola", "ft", 2, "mcc", 0.34, 0.40),
+            _row("cola", "mlkd", 1, "mcc", 0.36, 0.40)]
+    path = tmp_path / "quality_cpu-2core.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- quality-table:start -->\nold\n<!-- quality-table:end -->\nafter\n")
+    _run(TABLE, "--dir", str(tmp_path), "--readme", str(readme))
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    ft = next(line for line in text.splitlines() if line.startswith("| ft |"))
+    assert "| 32.00 ± 2.83 |" in ft and "| 80.0 |" in ft and "| 2 |" in ft  # mean, sample std, 32 / 40
+    mlkd = next(line for line in text.splitlines() if line.startswith("| mlkd |"))
+    assert "| 36.00 |" in mlkd and "| 90.0 |" in mlkd
+    assert (tmp_path / "quality_cpu-2core.png").stat().st_size > 0
