@@ -338,12 +338,18 @@ def _print_history(history) -> None:
 
 
 def _print_table(rows) -> None:
+    """One line per model; with several models, each one's retention of the first's metrics (the teacher)."""
     metric_keys = [k for k in rows[0] if k in ("f1", "accuracy", "mcc", "pearson", "spearman")]
-    head = ["model", "params (M)", "w/o embeddings (M)"] + metric_keys + (["ms/batch"] if "latency_ms_per_batch" in rows[0] else [])
+    retention = len(rows) > 1
+    head = (["model", "params (M)", "w/o embeddings (M)"] + metric_keys
+            + [f"{k} retention %" for k in metric_keys if retention]
+            + (["ms/batch"] if "latency_ms_per_batch" in rows[0] else []))
     lines = [head]
     for r in rows:
         line = [r["model"], f"{r['parameters'] / 1e6:.2f}", f"{r['parameters_without_embeddings'] / 1e6:.2f}"]
         line += [f"{100 * r[k]:.2f}" for k in metric_keys]
+        if retention:  # a metric of 0 (e.g. MCC of a constant predictor) has no meaningful retention
+            line += [f"{100 * r[k] / rows[0][k]:.1f}" if rows[0][k] else "-" for k in metric_keys]
         if "latency_ms_per_batch" in r:
             line.append(f"{r['latency_ms_per_batch']:.1f}")
         lines.append(line)

@@ -68,6 +68,10 @@ def test_finetune_distill_evaluate_end_to_end(setup, capsys):
     assert [r["model"] for r in rows] == [teacher_dir, student_dir]
     assert rows[1]["parameters"] < rows[0]["parameters"]
     assert all(0 <= r["f1"] <= 1 and r["latency_ms_per_batch"] > 0 and r["latency_batches"] == 2 for r in rows)
+    # the student's line states its retention of the teacher's (the first model's) metrics
+    student_line = next(line for line in table.splitlines() if line.startswith(student_dir))
+    expected = f"{100 * rows[1]['accuracy'] / rows[0]['accuracy']:.1f}" if rows[0]["accuracy"] else "-"
+    assert "accuracy retention %" in table and expected in student_line.split()
 
 
 def test_flags_override_the_config_file(setup, capsys):
