@@ -26,7 +26,8 @@ from mlkd_fast.data.tasks import get_task
 from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import backends
 from mlkd_fast.train import checkpoint
-from mlkd_fast.train.capture import capture_features, encoder_layers
+from mlkd_fast.train.capture import capture_features
+from mlkd_fast.train.encoders import encoder_layout
 from mlkd_fast.train.config import KD_REDUCTION, DistillConfig, config_to_dict
 from mlkd_fast.train.distributed import Dist, check_global_batch
 from mlkd_fast.train.layer_map import resolve_layer_map
@@ -201,8 +202,7 @@ def _check_stages(stages, cfg: DistillConfig) -> tuple:
 def _check_shapes(teacher, student, cfg: DistillConfig, stages) -> tuple:
     """The layer map and the minilmv2 teacher layer, after checking that the configured terms fit the two
     models' shapes."""
-    _, t_layers = encoder_layers(teacher)
-    _, s_layers = encoder_layers(student)
+    t_layers, s_layers = encoder_layout(teacher).layers, encoder_layout(student).layers
     layer_map = resolve_layer_map(cfg.layer_map, len(t_layers), len(s_layers))
     weights = {name: w for stage in stages for name, w in cfg.weights(stage).items() if w != 0}
     if "mha" in weights or "qkv" in weights:

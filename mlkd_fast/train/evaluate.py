@@ -20,6 +20,7 @@ from mlkd_fast.train.models import (
     check_fits,
     count_parameters,
     load_for_task,
+    model_inputs,
     pad_id,
     resolve_device,
 )
@@ -34,7 +35,7 @@ def predict(model: nn.Module, ds, batch_size: int, device: torch.device, pad_tok
     collate = Collator(pad_token_id, regression=regression)
     logits, labels = [], []
     for batch in batches(ds, np.arange(len(ds)), batch_size, collate):
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        inputs = {k: v.to(device) for k, v in model_inputs(model, batch).items()}
         logits.append(model(**inputs).logits.float().cpu())
         labels.append(batch["labels"])
     model.train(was_training)
@@ -52,7 +53,7 @@ def _timing_batches(model, ds, batch_size: int, device: torch.device, pad_token_
     for i, batch in enumerate(batches(ds, np.arange(len(ds)), batch_size, collate)):
         if i >= count:
             break
-        prepared.append({k: v.to(device) for k, v in batch.items() if k != "labels"})
+        prepared.append({k: v.to(device) for k, v in model_inputs(model, batch).items()})
     return prepared
 
 

@@ -121,5 +121,15 @@ def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not (exclude_embeddings and ".embeddings." in f".{n}"))
 
 
-__all__ = ["pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "check_fits", "pad_id", "resolve_device",
+def model_inputs(model: nn.Module, batch) -> dict:
+    """The batch's model inputs that `model.forward` takes (DistilBERT and ModernBERT take no token_type_ids)."""
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+            if k in batch and (takes_all or k in accepted)}
+
+
+__all__ = ["pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "check_fits", "pad_id", "resolve_device", "model_inputs",
            "count_parameters"]

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch.nn as nn
 
 from mlkd_fast.errors import InputError, InputTypeError
+from mlkd_fast.train.encoders import encoder_layout, encoder_paths
 from mlkd_fast.train.layer_map import resolve_layer_map
 
 
@@ -49,7 +50,9 @@ def build_student(
         raise InputTypeError(f"teacher must be a transformers model with a config, got {type(teacher).__name__}")
     num_layers = _check_positive("num_layers", num_layers)
     hidden = tcfg.hidden_size if hidden_size is None else _check_positive("hidden_size", hidden_size)
-    inter = tcfg.intermediate_size if intermediate_size is None else _check_positive("intermediate_size", intermediate_size)
+    ffn_field = encoder_paths(tcfg).ffn_size_field
+    t_inter = getattr(tcfg, ffn_field)
+    inter = t_inter if intermediate_size is None else _check_positive("intermediate_size", intermediate_size)
     if num_heads is None:
         num_heads = tcfg.num_attention_heads
         if hidden % num_heads != 0:
@@ -64,19 +67,22 @@ def build_student(
 
     cfg = copy.deepcopy(tcfg)
     cfg.num_hidden_layers = num_layers
+    if isinstance(getattr(tcfg, "layer_types", None), list):
+        # per-layer settings (ModernBERT's local/global attention): student layer n takes teacher layer m(n)'s
+        cfg.layer_types = [tcfg.layer_types[m - 1] for m in resolve_layer_map(layer_map, tcfg.num_hidden_layers, num_layers)]
     cfg.hidden_size = hidden
     cfg.num_attention_heads = num_heads
-    cfg.intermediate_size = inter
+    setattr(cfg, ffn_field, inter)
     # head_dim follows hidden/heads; configs that carry it explicitly must agree
     if hasattr(cfg, "head_dim"):
         cfg.head_dim = hidden // num_heads
     student = type(teacher)(cfg)
     if init == "random":
         return student
-    if hidden != tcfg.hidden_size or inter != tcfg.intermediate_size:
+    if hidden != tcfg.hidden_size or inter != t_inter:
         raise InputError(
             f"init='teacher' copies teacher weights and needs the teacher's widths: hidden_size {hidden} vs "
-            f"{tcfg.hidden_size}, intermediate_size {inter} vs {tcfg.intermediate_size}; use init='random' for a "
+            f"{tcfg.hidden_size}, intermediate_size {inter} vs {t_inter}; use init='random' for a "
             "narrower student"
         )
     mapping = resolve_layer_map(layer_map, tcfg.num_hidden_layers, num_layers)
@@ -89,7 +95,7 @@ def _teacher_weights(teacher: nn.Module, student: nn.Module, mapping) -> dict:
 
     Strict: every student weight must come from the teacher and every copied tensor must fit.
     """
-    layer_key = _layer_prefix(teacher)
+    layer_key = encoder_layout(teacher).layers_prefix
     state = {}
     for key, value in teacher.state_dict().items():
         if key.startswith(layer_key):
@@ -106,17 +112,10 @@ def _teacher_weights(teacher: nn.Module, student: nn.Module, mapping) -> dict:
     if missing or unexpected or wrong:
         raise InputError(
             f"cannot copy the teacher into the student: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"shape mismatch {wrong[:5]}"
+            f"shape mismatch {wrong[:5]}. Where a layer's modules depend on its position (ModernBERT's first layer "
+            "has no attention norm), map student layer 1 to teacher layer 1 (layer_map), or use init='random'"
         )
     return state
-
-
-def _layer_prefix(model: nn.Module) -> str:
-    """The state-dict prefix of the encoder layers, e.g. 'bert.encoder.layer.'."""
-    for name, module in model.named_modules():
-        if name.endswith("encoder.layer") and isinstance(module, nn.ModuleList):
-            return name + "."
-    raise InputTypeError(f"{type(model).__name__} has no encoder.layer ModuleList (BERT module layout expected)")
 
 
 __all__ = ["build_student"]

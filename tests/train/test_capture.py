@@ -82,5 +82,5 @@ def test_roberta_layout_is_supported():
 
 
 def test_non_bert_module_is_rejected():
-    with pytest.raises(TypeError, match="BERT module layout"):
+    with pytest.raises(TypeError, match="not a transformers model"):
         capture_features(torch.nn.Linear(2, 2), _batch())
