@@ -46,7 +46,7 @@ def test_finetune_distill_evaluate_end_to_end(setup, capsys):
     assert main(["distill", "--config", config, "--data-dir", glue, "--teacher", teacher_dir, "--output-dir", student_out,
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "stage 1 epoch 1" in out and "stage 2 epoch 2" in out and "best dev f1" in out
+    assert "stage 1 epoch 1" in out and "stage 2 epoch 2" in out and "best dev accuracy" in out
     student_dir = os.path.join(student_out, "student")
     student = AutoModelForSequenceClassification.from_pretrained(student_dir)
     assert student.config.num_hidden_layers == 2 and student.config.num_attention_heads == 2

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from tiny_bert import tiny_config, tiny_tokenizer, write_mrpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

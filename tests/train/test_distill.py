@@ -69,14 +69,14 @@ def test_fewer_heads_student_trains_and_reloads_with_identical_logits(tmp_path):
                   output_dir=str(tmp_path / "o"), backend="torch", progress=False)
     assert [(h["stage"], h["epoch"]) for h in res.history] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert all("f1" in h["metrics"] and "accuracy" in h["metrics"] for h in res.history)
-    assert res.metric == "f1" and res.best_metric == max(h["metrics"]["f1"] for h in res.history[2:])
+    assert res.metric == "accuracy" and res.best_metric == max(h["metrics"]["accuracy"] for h in res.history[2:])
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res.history)
     # the kept student (best dev epoch of stage 2) reloads with from_pretrained, with its tokenizer
     loaded = AutoModelForSequenceClassification.from_pretrained(res.student_dir).eval()
     assert loaded.config.num_attention_heads == 1 and loaded.config.num_hidden_layers == 2
     enc = AutoTokenizer.from_pretrained(res.student_dir)(["good movie", "the plot was not great"], padding=True, return_tensors="pt")
-    best_epoch = max(res.history[2:], key=lambda h: h["metrics"]["f1"])["epoch"]
+    best_epoch = max(res.history[2:], key=lambda h: h["metrics"]["accuracy"])["epoch"]
     if best_epoch == 2:  # the in-memory student is the last epoch's
         student.eval()
         with torch.no_grad():
