@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import resultfile  # noqa: E402
 
 # the metrics shown per task, the first is the one that chose the kept model
-TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("pearson", "spearman"), "cola": ("mcc",),
+TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("spearman", "pearson"), "cola": ("mcc",),
                 "rte": ("accuracy",), "sst-2": ("accuracy",), "qnli": ("accuracy",), "qqp": ("accuracy", "f1"),
                 "mnli": ("accuracy",)}
 START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"

@@ -18,19 +18,14 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import torch
-
 from mlkd_fast.data.batching import Collator, num_batches
 from mlkd_fast.data.prepare import prepare_splits
 from mlkd_fast.data.tasks import get_task
 from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import backends
 from mlkd_fast.train import checkpoint
-from mlkd_fast.train.capture import capture_features
-from mlkd_fast.train.encoders import encoder_layout
-from mlkd_fast.train.config import KD_REDUCTION, DistillConfig, config_to_dict
+from mlkd_fast.train.config import DistillConfig, config_to_dict
 from mlkd_fast.train.distributed import Dist, check_global_batch
-from mlkd_fast.train.layer_map import resolve_layer_map
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import (
     as_model,
@@ -39,7 +34,7 @@ from mlkd_fast.train.models import (
     pad_id,
     resolve_device,
 )
-from mlkd_fast.train.objectives import DistillProjections, LossContext, stage_loss, stage_needs
+from mlkd_fast.train.objectives import DistillProjections
 from mlkd_fast.train.optim import (
     constant_schedule,
     linear_schedule,
@@ -53,6 +48,7 @@ from mlkd_fast.train.rundir import (
     start_run,
     weights_fingerprint,
 )
+from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context
 
 
 @dataclass
@@ -100,7 +96,7 @@ def distill(
     if student.config.vocab_size != teacher.config.vocab_size:
         raise InputError(f"the student's vocabulary ({student.config.vocab_size} tokens) differs from the teacher's "
                          f"({teacher.config.vocab_size}): both read the same input_ids")
-    layer_map, minilm_layer = _check_shapes(teacher, student, cfg, stages)
+    layer_map, minilm_layer = check_objective_fits(teacher, student, cfg, stages)
     dist = Dist.from_env(resolve_device(cfg.device))
     check_global_batch(cfg.batch_size, dist, cfg.grad_accum_steps)
     device = dist.device
@@ -123,11 +119,7 @@ def distill(
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
                   collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
                   tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections}, dist=dist)
-        context = dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
-                       sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
-                       sc_projection=cfg.sc_projection, kd_temperature=cfg.kd_temperature,
-                       kd_reduction=KD_REDUCTION[cfg.objective], minilm_layer=minilm_layer, backend=backend,
-                       dist=dist, relations=cfg.relations)
+        context = loss_context(cfg, projections, layer_map, minilm_layer, regression, backend, dist)
         phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
                   for s in stages]
         return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
@@ -135,26 +127,14 @@ def distill(
 
 def _stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir) -> Phase:
     """Stage 1 or 2 of the objective as a phase: its terms, what it trains, its optimiser and schedule."""
-    weights = cfg.weights(stage)
-    parts, uses_teacher = stage_needs(weights)
-    capture = dict(parts, mha_before_dropout=cfg.mha_feature == "before_dropout")
-    sc_ids = _sc_positive_ids(cfg, context["is_regression"])
+    objective = StageObjective(stage, cfg, context)
 
     def step(batch):
-        t_feat = None
-        if uses_teacher:
-            with torch.no_grad():
-                t_feat = capture_features(teacher, batch, **capture)
-        s_feat = capture_features(student, batch, **capture)
-        mask = batch["attention_mask"].bool()
-        dist = context["dist"]
-        shares = dist.shares({"token": int(mask.sum()), "sample": mask.shape[0]})
-        ctx = LossContext(mask=mask, labels=sc_ids(batch["labels"]), targets=batch["labels"], shares=shares, **context)
-        return stage_loss(weights, t_feat, s_feat, ctx)
+        loss, terms, _ = objective(teacher, student, batch)
+        return loss, terms
 
-    # stage 1 learns the hidden-state projections W_n; stage 2 the contrastive one (W_N itself when L_SC reuses it)
-    extra = projections.hidden if stage == 1 else projections.sc_map(cfg.sc_projection)
-    trained = [student, extra] if any(weights.get(n, 0) for n in ("ffn", "sc")) else [student]
+    extra = objective.trained_projections(projections, cfg)
+    trained = [student] if extra is None else [student, extra]
     optimizer = make_optimizer(trained, cfg.learning_rate, cfg.weight_decay, cfg.optimizer, cfg.max_grad_norm)
     epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
     if stage == 1:
@@ -168,16 +148,6 @@ def _stage_phase(stage, stages, cfg, teacher, student, projections, context, tra
                  # BertAdam clips each tensor itself: the loop's global norm is then only checked, not clipped
                  max_grad_norm=float("inf") if cfg.optimizer == "bertadam" else None,
                  save_at_end=None if final else os.path.join(output_dir, "stage1"))
-
-
-def _sc_positive_ids(cfg: DistillConfig, regression: bool):
-    """labels -> L_SC's positive ids: class ids; for regression None (the other view only) or, with
-    sc_regression_positives="equal_scores" (the authors'), one id per distinct score."""
-    if not regression:
-        return lambda labels: labels
-    if cfg.sc_regression_positives == "equal_scores":
-        return lambda scores: torch.unique(scores, return_inverse=True)[1]
-    return lambda scores: None
 
 
 def _check_stages(stages, cfg: DistillConfig) -> tuple:
@@ -197,29 +167,6 @@ def _check_stages(stages, cfg: DistillConfig) -> tuple:
     if all(epochs[s] == 0 for s in stages):
         raise InputError(f"every stage in {stages} has 0 epochs: nothing to train")
     return tuple(s for s in stages if epochs[s] > 0)
-
-
-def _check_shapes(teacher, student, cfg: DistillConfig, stages) -> tuple:
-    """The layer map and the minilmv2 teacher layer, after checking that the configured terms fit the two
-    models' shapes."""
-    t_layers, s_layers = encoder_layout(teacher).layers, encoder_layout(student).layers
-    layer_map = resolve_layer_map(cfg.layer_map, len(t_layers), len(s_layers))
-    weights = {name: w for stage in stages for name, w in cfg.weights(stage).items() if w != 0}
-    if "mha" in weights or "qkv" in weights:
-        term = "L_MHA" if "mha" in weights else "the qkv relations"
-        for who, model in (("teacher", teacher), ("student", student)):
-            width = model.config.hidden_size
-            if width % cfg.splits != 0:
-                raise InputError(f"splits={cfg.splits} does not divide the {who}'s hidden size {width} ({term} needs equal splits)")
-    if "att" in weights and teacher.config.num_attention_heads != student.config.num_attention_heads:
-        raise InputError(f"objective {cfg.objective!r}: the attention-score loss compares head h with head h, but the "
-                         f"teacher has {teacher.config.num_attention_heads} heads and the student "
-                         f"{student.config.num_attention_heads}; build the student with "
-                         f"{teacher.config.num_attention_heads} heads (mlkd and minilmv2 take any head count)")
-    minilm_layer = cfg.minilm_teacher_layer or max(1, round(len(t_layers) * 7 / 8))
-    if minilm_layer > len(t_layers):
-        raise InputError(f"minilm_teacher_layer={minilm_layer} but the teacher has {len(t_layers)} layers")
-    return layer_map, minilm_layer
 
 
 __all__ = ["distill", "DistillResult"]
