@@ -1,0 +1,156 @@
+"""MLKD (or any registered objective) inside `transformers.Trainer`: swap `Trainer` for `MLKDTrainer`.
+
+    trainer = MLKDTrainer(model=student, teacher=teacher, args=TrainingArguments(...),
+                          train_dataset=train, eval_dataset=dev, processing_class=tokenizer,
+                          compute_metrics=compute_metrics, distill_config=DistillConfig(objective="mlkd"))
+    trainer.train()                       # stage 1 for the first stage1_fraction of the steps, then stage 2
+    trainer.save_model("student")         # AutoModelForSequenceClassification.from_pretrained("student")
+
+Everything TrainingArguments gives stays: mixed precision, gradient accumulation, logging (each loss term
+is logged as `mlkd/<term>`), evaluation, checkpoints and `resume_from_checkpoint` (the projections are
+saved in each checkpoint beside the student), DDP, `push_to_hub`. The loss is the project's registry
+(train/stage.py); no loss is written twice. What differs from `mlkd_fast.distill`: the two stages share
+TrainingArguments' one optimiser and lr schedule (distill gives stage 1 a constant lr and restarts the
+schedule for stage 2), and under DDP the sample relations (L_SS, L_SC) span each device's batch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import transformers
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from mlkd_fast.errors import InputError, InputTypeError
+from mlkd_fast.ops import backends
+from mlkd_fast.train.config import DistillConfig
+from mlkd_fast.train.models import check_classifier
+from mlkd_fast.train.objectives import DistillProjections
+from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context
+
+PROJECTIONS_FILE = "mlkd_projections.pt"
+
+
+class MLKDTrainer(transformers.Trainer):
+    """A `transformers.Trainer` whose loss is a distillation objective of `teacher` into `model` (the student).
+
+    teacher: a fine-tuned classifier with the student's labels and vocabulary (frozen here).
+    distill_config: the objective, its weights, temperatures, `splits` and recipe choices (DistillConfig;
+        its epochs, lr, batch size and precision are TrainingArguments' business here and are ignored).
+    stage1_fraction: the share of the training steps spent on stage 1 (default: the config's
+        stage1_epochs / (stage1_epochs + stage2_epochs); 0 for one-stage objectives).
+    backend: the relation-op backend ("auto": the fastest available for the device).
+    """
+
+    def __init__(self, *args, teacher: nn.Module, distill_config: Optional[DistillConfig] = None,
+                 stage1_fraction: Optional[float] = None, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg = distill_config if distill_config is not None else DistillConfig()
+        if not isinstance(cfg, DistillConfig):
+            raise InputTypeError(f"distill_config must be a DistillConfig, got {type(cfg).__name__}")
+        cfg.validate()
+        if not isinstance(teacher, nn.Module) or teacher is self.model:
+            raise InputTypeError("teacher must be a model other than the student (model=)")
+        num_labels = check_classifier(teacher, "teacher", None)
+        check_classifier(self.model, "student (model=)", num_labels)
+        stages = cfg.objective_stages
+        layer_map, minilm_layer = check_objective_fits(teacher, self.model, cfg, stages)
+        self.stage1_fraction = _stage1_fraction(cfg, stages, stage1_fraction)
+        self.teacher = teacher.to(self.args.device).train(cfg.teacher_mode == "train").requires_grad_(False)
+        self.projections = DistillProjections(self.model.config.hidden_size, teacher.config.hidden_size,
+                                              len(layer_map), init=cfg.projection_init).to(self.args.device)
+        context = loss_context(cfg, self.projections, layer_map, minilm_layer, num_labels == 1,
+                               backends.resolve(backend, self.args.device))
+        self.objectives = {s: StageObjective(s, cfg, context) for s in stages}
+        self.distill_config = cfg
+        self._term_sums: Dict[str, float] = {}
+        self._term_count = 0
+        # Trainer zeroes the student's gradients after each optimiser step; the projections are not part of
+        # the student, so theirs are zeroed here (at the same point, also after a step fp16 skipped)
+        self.add_callback(_ZeroGradients(self.projections))
+
+    def current_stage(self) -> int:
+        """1 until stage1_fraction of the run's steps are done, then 2 (a one-stage objective: always 2)."""
+        if 1 not in self.objectives:
+            return 2
+        if 2 not in self.objectives:
+            return 1
+        return 1 if self.state.global_step < round(self.stage1_fraction * self.state.max_steps) else 2
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        if "labels" not in inputs:
+            raise InputError("MLKDTrainer needs a 'labels' column (hard-label and contrastive terms read it)")
+        student = self.accelerator.unwrap_model(model)
+        stage = self.current_stage()
+        loss, terms, features = self.objectives[stage](self.teacher, student, inputs, call=model)
+        if model.training:
+            for name, value in terms.items():
+                self._term_sums[name] = self._term_sums.get(name, 0.0) + value
+            self._term_count, self._term_stage = self._term_count + 1, stage
+        return (loss, SequenceClassifierOutput(loss=loss, logits=features.logits)) if return_outputs else loss
+
+    def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
+        """Adds each loss term's mean since the last log, and the stage, to the training logs."""
+        if self._term_count and "loss" in logs:
+            logs.update({f"mlkd/{k}": v / self._term_count for k, v in self._term_sums.items()})
+            logs["mlkd/stage"] = self._term_stage
+            self._term_sums, self._term_count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        """TrainingArguments' optimiser over the student, plus the projections (the BERT weight-decay rule)."""
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if not getattr(self, "_projections_added", False):
+            decay = [p for n, p in self.projections.named_parameters() if not n.endswith("bias")]
+            no_decay = [p for n, p in self.projections.named_parameters() if n.endswith("bias")]
+            optimizer.add_param_group({"params": decay, "weight_decay": self.args.weight_decay})
+            optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0})
+            self._projections_added = True
+        return optimizer
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        """The student's gradients are averaged by DDP; the projections live outside it, so here."""
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.args.world_size > 1:
+            for p in self.projections.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.args.world_size
+        return loss
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            tmp = os.path.join(folder, PROJECTIONS_FILE + ".tmp")
+            torch.save(self.projections.state_dict(), tmp)
+            os.replace(tmp, os.path.join(folder, PROJECTIONS_FILE))  # never a half-written file
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, PROJECTIONS_FILE)
+        if not os.path.exists(path):
+            raise InputError(f"{resume_from_checkpoint} has no {PROJECTIONS_FILE}: it was not written by MLKDTrainer")
+        self.projections.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
+
+
+class _ZeroGradients(transformers.TrainerCallback):
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.module.zero_grad(set_to_none=True)
+
+
+def _stage1_fraction(cfg: DistillConfig, stages, given: Optional[float]) -> float:
+    if given is None:
+        total = cfg.stage1_epochs + cfg.stage2_epochs
+        return 0.0 if 1 not in stages else 1.0 if 2 not in stages else cfg.stage1_epochs / max(1, total)
+    if isinstance(given, bool) or not isinstance(given, (int, float)) or not 0 <= given <= 1:
+        raise InputError(f"stage1_fraction must be a number in [0, 1], got {given!r}")
+    return float(given)
+
+
+__all__ = ["MLKDTrainer"]

@@ -1,0 +1,102 @@
+"""MLKDTrainer: transformers.Trainer with the project's objectives, on tiny random models: the two stages, the
+logged terms, a student that from_pretrained loads, and resume_from_checkpoint equal to an uninterrupted run."""
+import math
+
+import pytest
+import torch
+from tiny_bert import one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
+
+from mlkd_fast import DistillConfig, build_student
+from mlkd_fast.hf import MLKDTrainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _args(out, **kw):
+    from transformers import TrainingArguments
+
+    base = dict(output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=8, max_steps=6,
+                learning_rate=5e-3, logging_steps=1, save_steps=3, save_strategy="steps", report_to=[], use_cpu=True,
+                seed=0, data_seed=0, disable_tqdm=True, bf16=False, fp16=False)
+    return TrainingArguments(**dict(base, **kw))
+
+
+def _trainer(out, objective="mlkd", **kw):
+    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+
+    teacher = tiny_bert(layers=4, hidden=32, heads=4)
+    torch.manual_seed(1)
+    student = build_student(teacher, 2, num_heads=2 if objective != "tinybert" else 4)
+    train, dev = tokenized_dataset(24), tokenized_dataset(8, seed=1)
+    tok = PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(), pad_token="[PAD]")
+    cfg = DistillConfig(objective=objective, splits=4, stage1_epochs=1, stage2_epochs=1)
+    metrics = lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}  # noqa: E731
+    return MLKDTrainer(model=student, teacher=teacher, args=_args(out, **kw), train_dataset=train, eval_dataset=dev,
+                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics, distill_config=cfg)
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models
+
+    return Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]"))
+
+
+def test_two_stages_terms_logged_and_student_reloads(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    trainer = _trainer(tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "mlkd/stage" in h]
+    stage1 = [h for h in logs if h["mlkd/stage"] == 1]
+    stage2 = [h for h in logs if h["mlkd/stage"] == 2]
+    assert len(stage1) == 3 and len(stage2) == 3  # stage1_fraction 1/2 of 6 steps
+    assert {"mlkd/emb", "mlkd/mha", "mlkd/ffn"} <= set(stage1[0]) and "mlkd/kd" not in stage1[0]
+    assert {"mlkd/ss", "mlkd/sc", "mlkd/kd"} <= set(stage2[-1])
+    assert all(math.isfinite(v) for h in logs for k, v in h.items() if k.startswith("mlkd/"))
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    metrics = trainer.evaluate()
+    assert 0 <= metrics["eval_accuracy"] <= 1 and math.isfinite(metrics["eval_loss"])
+    trainer.save_model(str(tmp_path / "student"))
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").eval()
+    x = torch.tensor([[2, 7, 9, 3]])
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=x).logits, trainer.model(input_ids=x.to(trainer.model.device)).logits)
+
+
+def test_resume_from_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    from transformers import TrainerCallback
+
+    class StopAt3(TrainerCallback):  # the interruption: the run ends right after its step-3 checkpoint
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 3
+
+    full = _trainer(tmp_path / "full")
+    full.train()
+    cut = _trainer(tmp_path / "cut")
+    cut.add_callback(StopAt3())
+    cut.train()
+    assert cut.state.global_step == 3 and (tmp_path / "cut" / "checkpoint-3" / "mlkd_projections.pt").exists()
+    resumed = _trainer(tmp_path / "cut")  # a fresh process: new student, teacher and projections
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-3"))
+    assert resumed.state.global_step == 6
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    for a, b in zip(full.projections.parameters(), resumed.projections.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    logged = lambda t: [h["loss"] for h in t.state.log_history if "mlkd/stage" in h][-3:]  # noqa: E731
+    assert logged(full) == pytest.approx(logged(resumed), rel=1e-6)
+
+
+def test_one_stage_objective_and_errors(tmp_path):
+    trainer = _trainer(tmp_path / "kd", objective="kd", max_steps=2, save_steps=10)
+    assert trainer.current_stage() == 2
+    trainer.train()
+    assert all(h["mlkd/stage"] == 2 for h in trainer.state.log_history if "mlkd/stage" in h)
+    with pytest.raises(ValueError, match="stage1_fraction"):
+        MLKDTrainer(model=build_student(tiny_bert(), 2), teacher=tiny_bert(), args=_args(tmp_path / "x"),
+                    distill_config=DistillConfig(splits=4), stage1_fraction=1.5)
+    with pytest.raises(TypeError, match="teacher must be a model other than the student"):
+        student = build_student(tiny_bert(), 2)
+        MLKDTrainer(model=student, teacher=student, args=_args(tmp_path / "y"))
