@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from tiny_bert import one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
 
 from mlkd_fast import DistillConfig, build_student, distill
