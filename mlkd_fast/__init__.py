@@ -19,6 +19,7 @@ from mlkd_fast.ops import (
 from mlkd_fast.train.capture import capture_features
 from mlkd_fast.train.config import DistillConfig, FinetuneConfig
 from mlkd_fast.train.distill import DistillResult, distill
+from mlkd_fast.train.encoders import EncoderPaths, register_encoder
 from mlkd_fast.train.evaluate import evaluate
 from mlkd_fast.train.finetune import FinetuneResult, finetune
 from mlkd_fast.train.models import load_for_task, pretrained_teacher_dir
@@ -31,6 +32,8 @@ __all__ = [
     "distill",
     "DistillConfig",
     "DistillResult",
+    "EncoderPaths",
+    "register_encoder",
     "evaluate",
     "finetune",
     "FinetuneConfig",
