@@ -1,4 +1,4 @@
-"""`mlkd-fast` command line: finetune, distill, evaluate.
+"""`mlkd-fast` command line: finetune, distill, general-distill, evaluate, env.
 
 Settings come from (lowest to highest priority) the dataclass defaults, a
 YAML/JSON config file (--config; sections `finetune:`, `distill:`, `student:`,
@@ -30,7 +30,8 @@ from mlkd_fast.version import __version__
 
 STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init")
 EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
-TOP_KEYS = ("task", "data_dir", "train_file", "dev_file", "hf_dataset", "stages", "finetune", "distill", "student", "evaluate")
+TOP_KEYS = ("task", "data_dir", "train_file", "dev_file", "hf_dataset", "stages", "finetune", "distill", "general",
+            "student", "evaluate")
 
 
 def _int_list(text: str) -> List[int]:
@@ -107,6 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--kd-temperature", type=float, help="soft-label temperature T (default 1)")
     ds.add_argument("--minilm-teacher-layer", type=int, help="minilmv2: the teacher layer (default round(7/8 layers))")
     ds.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
+
+    gd = sub.add_parser("general-distill", help="task-agnostic distillation of a pretrained encoder on unlabelled text")
+    gd.add_argument("--config", help="YAML or JSON config file (sections general:, student:)")
+    _add_train_args(gd)
+    gd.add_argument("--teacher", help="pretrained (not fine-tuned) encoder directory (default: all-MiniLM-L6-v2)")
+    gd.add_argument("--corpus", nargs="+", required=True,
+                    help="text files or folders of them, one sentence or document per line")
+    gd.add_argument("--student-layers", type=int, help="layers of the student")
+    gd.add_argument("--student-heads", type=int, help="attention heads of the student")
+    gd.add_argument("--student-hidden", type=int, help="hidden size (default: the teacher's)")
+    gd.add_argument("--student-intermediate", type=int, help="FFN size (default: the teacher's)")
+    gd.add_argument("--init", choices=("teacher", "random"), help="student weights: copied teacher layers or random")
+    gd.add_argument("--layer-map", type=_int_list, help="teacher layer (1-based) per student layer")
+    gd.add_argument("--epochs", type=int, help="passes over the corpus (default 1)")
+    gd.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    gd.add_argument("--splits", type=int, help="MHA-splits A of L_MHA (default 12)")
+    gd.add_argument("--objective", choices=("mlkd", "tinybert", "minilmv2"), help="whose stage 1 (default mlkd)")
+    gd.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
     ev = sub.add_parser("evaluate", help="dev metrics, size and inference latency of one or more models")
     _add_data_args(ev)
@@ -250,7 +269,8 @@ def _student(args, file, teacher, cfg, num_labels: int):
     if args.student:
         if spec:
             raise InputError("give either --student DIR or the student's shape (--student-layers, ...), not both")
-        return load_for_task(args.student, num_labels, require_head=True, role="--student")[0]
+        # a task-agnostic student (general-distill) gets a fresh task head; a fine-tuned one keeps its own
+        return load_for_task(args.student, num_labels, require_head=False, role="--student")[0]
     if "num_layers" not in spec:
         raise InputError("--student-layers is required (or --student DIR)")
     torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
@@ -282,6 +302,42 @@ def cmd_distill(args) -> int:
                      stages=stages, backend=args.backend, resume=args.resume, overwrite=args.overwrite,
                      tokenizer=tokenizer, progress=not args.no_progress)
     return _report(result, "student", result.student_dir)
+
+
+def cmd_general_distill(args) -> int:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from mlkd_fast.train.general import general_distill
+    from mlkd_fast.train.models import pretrained_teacher_dir
+    from mlkd_fast.train.student import build_student
+
+    file = _file_settings(args)
+    section = dict(_section(file, "general"))
+    section.setdefault("stage1_epochs", 1)
+    section.setdefault("learning_rate", 1e-4)
+    if args.layer_map is not None:
+        section["layer_map"] = args.layer_map
+    flags = dict(COMMON_FLAGS, epochs="stage1_epochs", max_steps="max_steps", splits="splits", objective="objective")
+    cfg = _train_config(DistillConfig, args, section, flags)
+    teacher_dir = args.teacher or pretrained_teacher_dir()
+    if not os.path.isdir(teacher_dir):
+        raise InputError(f"--teacher directory {teacher_dir!r} does not exist")
+    check_output_dir(args.output_dir)
+    teacher, tokenizer = AutoModel.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(teacher_dir)
+    spec = _section(file, "student", STUDENT_KEYS)
+    for flag, key in (("student_layers", "num_layers"), ("student_heads", "num_heads"), ("student_hidden", "hidden_size"),
+                      ("student_intermediate", "intermediate_size"), ("init", "init")):
+        if getattr(args, flag) is not None:
+            spec[key] = getattr(args, flag)
+    if "num_layers" not in spec:
+        raise InputError("--student-layers is required")
+    torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
+    student = build_student(teacher, layer_map=cfg.layer_map, **spec)
+    result = general_distill(teacher, student, args.corpus, tokenizer=tokenizer, config=cfg, output_dir=args.output_dir,
+                             backend=args.backend, resume=args.resume, overwrite=args.overwrite,
+                             progress=not args.no_progress)
+    return _report(result, "general student (AutoModel)", result.student_dir)
 
 
 def cmd_evaluate(args) -> int:
@@ -403,7 +459,8 @@ def cmd_env(args) -> int:
     return 0
 
 
-COMMANDS = {"finetune": cmd_finetune, "distill": cmd_distill, "evaluate": cmd_evaluate, "env": cmd_env}
+COMMANDS = {"finetune": cmd_finetune, "distill": cmd_distill, "general-distill": cmd_general_distill,
+            "evaluate": cmd_evaluate, "env": cmd_env}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

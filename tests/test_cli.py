@@ -154,3 +154,34 @@ def test_version_and_env_say_what_runs_here(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["mlkd_fast"] == mlkd_fast.__version__ and info["backends"] == mlkd_fast.available_backends()
     assert info["cpp_isa"] in ("avx2", "base", None) and isinstance(info["torch_threads"], int)
+
+
+def test_general_distill_then_distill_and_finetune_take_the_student(setup, capsys):
+    from transformers import AutoModel
+
+    tmp, pretrained, glue, config = setup
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("good movie\nthe plot was not great\n\nbad film very awful\n" * 20)
+    gd = str(tmp / "gd")
+    assert main(["general-distill", "--teacher", pretrained, "--corpus", str(corpus), "--output-dir", gd,
+                 "--student-layers", "2", "--student-hidden", "16", "--student-heads", "2",
+                 "--student-intermediate", "32", "--init", "random", "--max-steps", "3", "--batch-size", "4",
+                 "--splits", "4", "--max-seq-length", "16", "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "general student (AutoModel)" in out and "ffn=" in out
+    student = os.path.join(gd, "student")
+    assert AutoModel.from_pretrained(student).config.hidden_size == 16
+    # distill takes the task-agnostic student (a task head is added); finetune takes it as a pretrained model
+    teacher = str(tmp / "teacher")
+    assert main(["finetune", "--config", config, "--data-dir", glue, "--model", pretrained, "--output-dir", teacher,
+                 "--no-progress"]) == 0
+    no_shape = tmp / "no_shape.yaml"  # --student DIR and a student: section are exclusive
+    no_shape.write_text("\n".join(line for line in open(config).read().splitlines() if not line.startswith("student:")))
+    assert main(["distill", "--config", str(no_shape), "--data-dir", glue, "--teacher", os.path.join(teacher, "model"),
+                 "--student", student, "--output-dir", str(tmp / "s"), "--stage1-epochs", "1", "--stage2-epochs", "1",
+                 "--no-progress"]) == 0
+    assert main(["finetune", "--config", config, "--data-dir", glue, "--model", student, "--output-dir",
+                 str(tmp / "f"), "--epochs", "1", "--no-progress"]) == 0
+    assert main(["general-distill", "--corpus", str(tmp / "missing.txt"), "--output-dir", str(tmp / "x"),
+                 "--student-layers", "2", "--splits", "4", "--teacher", pretrained]) == 2
+    assert "neither a file nor a folder" in capsys.readouterr().err

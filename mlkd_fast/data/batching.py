@@ -31,8 +31,9 @@ class Collator:
                 seq = r[key]
                 out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
             batch[key] = out
-        dtype = torch.float32 if self.regression else torch.long
-        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)
+        if "labels" in rows[0]:  # unlabelled text (general distillation) has none
+            dtype = torch.float32 if self.regression else torch.long
+            batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)
         return batch
 
 

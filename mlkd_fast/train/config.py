@@ -97,6 +97,7 @@ class _Common:
     # of each epoch; 0 = once per epoch. The authors': 10 (RTE), 20 (CoLA, MRPC, STS-B), 100 (SST-2), 500 (rest)
     eval_every: int = 0
     drop_last: bool = False  # drop each epoch's final partial batch (the authors' loader does)
+    max_steps: int = 0  # stop after this many optimiser steps in all (0: every epoch of every phase runs)
 
     def validate(self) -> None:
         check_int("batch_size", self.batch_size, 1)
@@ -111,6 +112,7 @@ class _Common:
         check_int("checkpoint_every", self.checkpoint_every, 0)
         check_int("grad_accum_steps", self.grad_accum_steps, 1)
         check_int("eval_every", self.eval_every, 0)
+        check_int("max_steps", self.max_steps, 0)
         if not isinstance(self.drop_last, bool):
             raise InputTypeError(f"drop_last must be true or false, got {self.drop_last!r}")
         if self.batch_size % self.grad_accum_steps:

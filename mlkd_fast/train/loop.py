@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -171,6 +172,8 @@ def _run_phases(run: Run, phases: Sequence[Phase], saved, state: RunState, logge
         elif state.stage != phase.stage:
             state.enter_phase(phase.stage)
         for epoch in range(state.epoch, phase.epochs):
+            if _budget_spent(run, state):
+                break
             _train_epoch(run, phase, state, epoch, logger, stop)
             _end_epoch(run, phase, state, epoch, logger)
         if phase.save_at_end and run.dist.is_main:
@@ -184,6 +187,7 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
     bar = progress_bar(total, state.step, f"{phase.label} epoch {epoch + 1}/{phase.epochs}", run.progress and dist.is_main)
     run.model.train()
     max_norm = cfg.max_grad_norm if phase.max_grad_norm is None else phase.max_grad_norm
+    started = time.perf_counter()
     for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step, shard=(dist.rank, dist.world),
                          drop_last=cfg.drop_last):
         batch = {k: v.to(run.device) for k, v in batch.items()}
@@ -199,10 +203,13 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
         phase.scheduler.step()
 
         state.add_step(terms)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()})
+        tokens_per_s = float(batch["attention_mask"].sum()) * dist.world / max(1e-9, time.perf_counter() - started)
+        started = time.perf_counter()
+        bar.set_postfix({**{k: f"{v:.4f}" for k, v in terms.items()}, "tok/s": f"{tokens_per_s:.0f}"})
         bar.update(1)
         logger.log({"kind": "train", **_where(phase, epoch), "step": state.global_step,
-                    "lr": phase.scheduler.get_last_lr()[0], **terms}, step=state.global_step)
+                    "lr": phase.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, **terms},
+                   step=state.global_step)
         if cfg.eval_every and phase.keep_best and state.global_step % cfg.eval_every == 0 and state.step < total:
             evaluated = {**_where(phase, epoch), "step": state.global_step, "metrics": _dev_metrics(run)}
             state.evals.append(evaluated)
@@ -218,7 +225,13 @@ def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Me
             raise RunInterrupted(f"{stop.received or 'a signal to another rank'} received: stopped after global step "
                                  f"{state.global_step} ({phase.label}, epoch {epoch + 1}); checkpoint written to "
                                  f"{run.output_dir}")
+        if _budget_spent(run, state):
+            break  # max_steps reached: the epoch ends here (evaluated, kept, checkpointed as any other)
     bar.close()
+
+
+def _budget_spent(run: Run, state: RunState) -> bool:
+    return bool(run.config.max_steps) and state.global_step >= run.config.max_steps
 
 
 def _accumulate(run: Run, phase: Phase, batch, state: RunState, epoch: int, stop: "StopSignals"):

@@ -71,10 +71,10 @@ class StageObjective:
             return projections.hidden if self.weights.get("ffn", 0) else None
         return projections.sc_map(cfg.sc_projection) if self.weights.get("sc", 0) else None
 
-    def positive_ids(self, labels: torch.Tensor) -> Optional[torch.Tensor]:
+    def positive_ids(self, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """L_SC's positives: class ids; for regression the other view only (None), or with equal-score
-        positives (the authors') one id per distinct score."""
-        if not self.context["is_regression"]:
+        positives (the authors') one id per distinct score. Unlabelled data (None): None."""
+        if labels is None or not self.context["is_regression"]:
             return labels
         return torch.unique(labels, return_inverse=True)[1] if self.equal_score_positives else None
 
@@ -89,7 +89,7 @@ class StageObjective:
         s_feat = capture_features(student, batch, call=call, **self.capture)
         mask = batch["attention_mask"].bool()
         shares = self.context["dist"].shares({"token": int(mask.sum()), "sample": mask.shape[0]})
-        ctx = LossContext(mask=mask, labels=self.positive_ids(batch["labels"]), targets=batch["labels"],
+        ctx = LossContext(mask=mask, labels=self.positive_ids(batch.get("labels")), targets=batch.get("labels"),
                           shares=shares, **self.context)
         loss, terms = stage_loss(self.weights, t_feat, s_feat, ctx)
         return loss, terms, s_feat

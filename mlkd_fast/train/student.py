@@ -77,6 +77,9 @@ def build_student(
     if hasattr(cfg, "head_dim"):
         cfg.head_dim = hidden // num_heads
     student = type(teacher)(cfg)
+    t_base, s_base = getattr(teacher, "base_model", teacher), getattr(student, "base_model", student)
+    if getattr(t_base, "pooler", 0) is None and getattr(s_base, "pooler", None) is not None:
+        s_base.pooler = None  # a teacher built without its pooler (add_pooling_layer=False): so is the student
     if init == "random":
         return student
     if hidden != tcfg.hidden_size or inter != t_inter:
