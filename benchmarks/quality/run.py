@@ -47,6 +47,11 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a DistillConfig override, e.g. recipe=authors or stage1_weights.emb=0 (repeatable)")
     p.add_argument("--stages", help="stages to run, e.g. 2 (default: every stage of the objective)")
+    p.add_argument("--student-layers", type=int, help="student layers (default: grid.yaml)")
+    p.add_argument("--student-hidden", type=int, help="student width (default: the teacher's)")
+    p.add_argument("--student-intermediate", type=int, help="student FFN width (default: the teacher's)")
+    p.add_argument("--init", choices=("teacher", "random"), help="student weights (default: grid.yaml)")
+    p.add_argument("--student-dir", help="start from this (e.g. general-distilled) student instead of building one")
     p.add_argument("--teacher-model", help="pretrained encoder the teacher is fine-tuned from (default all-MiniLM-L6-v2)")
     p.add_argument("--glue-dir", default=os.path.join(hostinfo.REPO_DIR, "..", "shared", "data", "glue"))
     p.add_argument("--runs-dir", default=os.path.join(hostinfo.REPO_DIR, "runs", "quality"),
@@ -54,8 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--results", help="CSV to append to (default benchmarks/results/quality_<machine>.csv)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    if args.set and not args.variant:
-        p.error("--set changes the recipe: name the row with --variant")
+    shaped = any(getattr(args, k) is not None for k in ("student_layers", "student_hidden", "student_intermediate",
+                                                           "init", "student_dir"))
+    if (args.set or shaped) and not args.variant:
+        p.error("--set and the student options change the experiment: name the row with --variant")
     return args
 
 
@@ -136,7 +143,18 @@ def main(argv=None) -> int:
     cfg = config_from_dict(DistillConfig, values)
     teacher, tokenizer = load_for_task(teacher_dir, get_task(task).num_labels)
     torch.manual_seed(args.seed)
-    student = build_student(teacher, num_heads=args.heads, **grid["student"])
+    if args.student_dir:  # a task-agnostic student gets a fresh task head (seeded)
+        student = load_for_task(args.student_dir, get_task(task).num_labels)[0]
+        if student.config.num_attention_heads != args.heads:
+            raise SystemExit(f"--student-dir has {student.config.num_attention_heads} heads, not --heads {args.heads}")
+    else:
+        shape = dict(grid["student"], num_heads=args.heads)
+        for flag, name in (("student_layers", "num_layers"), ("student_hidden", "hidden_size"),
+                          ("student_intermediate", "intermediate_size"), ("init", "init")):
+            if getattr(args, flag) is not None:
+                shape[name] = getattr(args, flag)
+        student = build_student(teacher, **shape)
+    student_init = "copied teacher layers" if (args.init or grid["student"]["init"]) == "teacher" else "random"
     train, dev = load_glue_split(task, args.glue_dir, "train"), load_glue_split(task, args.glue_dir, "dev")
     out = os.path.join(args.runs_dir, task, f"{variant}_h{args.heads}_s{args.seed}")
     stages = [int(s) for s in args.stages.split(",")] if args.stages else None
@@ -149,8 +167,10 @@ def main(argv=None) -> int:
     scored = evaluate(result.student_dir, dev, task=task, max_seq_length=cfg.max_seq_length,
                       latency_batches=grid["latency_batches"], batch_size=32)
     metric = result.metric
-    row = dict(key, objective=args.objective, overrides=" ".join(args.set), student=f"{grid['student']['num_layers']}L-"
-               f"{student.config.hidden_size}", stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
+    row = dict(key, objective=args.objective, overrides=" ".join(args.set), student=f"{student.config.num_hidden_layers}L-"
+               f"{student.config.hidden_size}",
+               student_from=os.path.relpath(args.student_dir, hostinfo.REPO_DIR) if args.student_dir else student_init,
+               stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
                steps=sum(h["steps"] for h in result.history), metric=metric,
                **{f"dev_{k}": f"{v:.4f}" for k, v in scored.items() if k in METRICS},
                best_stage=best.get("stage"), best_step=best.get("step"),
