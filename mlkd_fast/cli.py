@@ -43,9 +43,10 @@ def _int_list(text: str) -> List[int]:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (one of --data-dir, --train-file/--dev-file, --hf-dataset)")
-    g.add_argument("--task", help="GLUE task: cola, sst-2, mrpc, qqp, sts-b, mnli, qnli, rte, wnli")
+    g.add_argument("--task", help="GLUE task (cola, sst-2, mrpc, qqp, sts-b, mnli, qnli, rte, wnli) or squad, squad_v2")
     g.add_argument("--data-dir", help="GLUE-format directory (holding MRPC/train.tsv, ...)")
-    g.add_argument("--train-file", help="training data file for the datasets library (.csv/.tsv/.json/.jsonl/.parquet)")
+    g.add_argument("--train-file", help="training data file for the datasets library (.csv/.tsv/.json/.jsonl/.parquet); "
+                   "SQuAD-format JSON for squad tasks")
     g.add_argument("--dev-file", help="dev data file for the datasets library")
     g.add_argument("--hf-dataset", help="a datasets hub name such as 'glue' (needs network)")
     p.add_argument("--config", help="YAML or JSON config file")
@@ -201,13 +202,15 @@ DISTILL_FLAGS = dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs=
 def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
     from mlkd_fast.data import get_task, load_datasets_split, load_glue_split
 
-    get_task(task)
+    spec = get_task(task)
     data_dir = _pick(args, file, "data_dir")
     train_file, dev_file = _pick(args, file, "train_file"), _pick(args, file, "dev_file")
     hub = _pick(args, file, "hf_dataset")
     given = [x for x in (data_dir, train_file or dev_file, hub) if x]
     if len(given) != 1:
         raise InputError("give exactly one data source: --data-dir DIR, --train-file/--dev-file FILES, or --hf-dataset NAME")
+    if spec.qa:
+        return _load_squad(spec, data_dir, train_file, dev_file, hub, need_train)
     if data_dir:
         train = load_glue_split(task, data_dir, "train") if need_train else None
         return train, load_glue_split(task, data_dir, "dev")
@@ -221,6 +224,23 @@ def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
     train = load_datasets_split(task, train_file, "train") if need_train else None
     dev = load_datasets_split(task, dev_file, "dev") if dev_file else None
     return train, dev
+
+
+def _load_squad(spec, data_dir, train_file, dev_file, hub, need_train: bool):
+    """SQuAD-format JSON files (--train-file/--dev-file) or a hub dataset (--hf-dataset squad / squad_v2)."""
+    from mlkd_fast.data.squad import load_squad_split
+
+    if data_dir:
+        raise InputError(f"task {spec.name!r} reads SQuAD JSON files: give --train-file/--dev-file (or --hf-dataset)")
+    if hub:
+        train = load_squad_split(hub, "train", spec.version_2) if need_train else None
+        return train, load_squad_split(hub, "dev", spec.version_2)
+    if need_train and not train_file:
+        raise InputError("--train-file is required with --dev-file")
+    if not need_train and not dev_file:
+        raise InputError("evaluate needs --dev-file")
+    train = load_squad_split(train_file, "train", spec.version_2) if need_train else None
+    return train, load_squad_split(dev_file, "dev", spec.version_2) if dev_file else None
 
 
 def _require_task(args, file) -> str:
@@ -248,13 +268,13 @@ def cmd_finetune(args) -> int:
     import torch
 
     torch.manual_seed(cfg.seed)  # the new classification head is initialised reproducibly
-    model, tokenizer = load_for_task(model_dir, spec.num_labels)
+    model, tokenizer = load_for_task(model_dir, spec.num_labels, qa=spec.qa)
     result = finetune(model, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir, tokenizer=tokenizer,
                       resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return _report(result, "fine-tuned teacher", result.model_dir)
 
 
-def _student(args, file, teacher, cfg, num_labels: int):
+def _student(args, file, teacher, cfg, num_labels: int, qa: bool = False):
     """The student: loaded from --student DIR, or built from the teacher in the shape the flags/file give."""
     import torch
 
@@ -270,7 +290,7 @@ def _student(args, file, teacher, cfg, num_labels: int):
         if spec:
             raise InputError("give either --student DIR or the student's shape (--student-layers, ...), not both")
         # a task-agnostic student (general-distill) gets a fresh task head; a fine-tuned one keeps its own
-        return load_for_task(args.student, num_labels, require_head=False, role="--student")[0]
+        return load_for_task(args.student, num_labels, require_head=False, role="--student", qa=qa)[0]
     if "num_layers" not in spec:
         raise InputError("--student-layers is required (or --student DIR)")
     torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
@@ -291,13 +311,14 @@ def cmd_distill(args) -> int:
     stages = args.stages if args.stages else file.get("stages")  # None: every stage of the objective
     if stages is not None and not isinstance(stages, (list, tuple)):
         raise InputError(f"stages must be a list of stage numbers like [1, 2], got {stages!r}")
-    num_labels = get_task(task).num_labels
+    spec = get_task(task)
+    num_labels = spec.num_labels
     if not os.path.isdir(args.teacher):
         raise InputError(f"--teacher directory {args.teacher!r} does not exist")
     check_output_dir(args.output_dir)
     train, dev = _load_data(args, file, task, need_train=True)
-    teacher, tokenizer = load_for_task(args.teacher, num_labels, require_head=True, role="--teacher")
-    student = _student(args, file, teacher, cfg, num_labels)
+    teacher, tokenizer = load_for_task(args.teacher, num_labels, require_head=True, role="--teacher", qa=spec.qa)
+    student = _student(args, file, teacher, cfg, num_labels, spec.qa)
     result = distill(teacher, student, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir,
                      stages=stages, backend=args.backend, resume=args.resume, overwrite=args.overwrite,
                      tokenizer=tokenizer, progress=not args.no_progress)
@@ -395,7 +416,7 @@ def _print_history(history) -> None:
 
 def _print_table(rows) -> None:
     """One line per model; with several models, each one's retention of the first's metrics (the teacher)."""
-    metric_keys = [k for k in rows[0] if k in ("f1", "accuracy", "mcc", "pearson", "spearman")]
+    metric_keys = [k for k in rows[0] if k in ("exact_match", "f1", "accuracy", "mcc", "pearson", "spearman")]
     retention = len(rows) > 1
     head = (["model", "params (M)", "w/o embeddings (M)"] + metric_keys
             + [f"{k} retention %" for k in metric_keys if retention]

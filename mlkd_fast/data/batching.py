@@ -7,6 +7,9 @@ import numpy as np
 import torch
 
 
+COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+
+
 def epoch_order(n: int, seed: int, epoch_key: int) -> np.ndarray:
     """The shuffled row order of one epoch: a pure function of (seed, epoch_key), so resume replays it."""
     return np.random.default_rng([seed, epoch_key]).permutation(n)
@@ -34,6 +37,9 @@ class Collator:
         if "labels" in rows[0]:  # unlabelled text (general distillation) has none
             dtype = torch.float32 if self.regression else torch.long
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)
+        for key in ("start_positions", "end_positions"):  # question answering
+            if key in rows[0]:
+                batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
         return batch
 
 
@@ -46,7 +52,7 @@ def batches(ds, order: Sequence[int], batch_size: int, collate: Collator, start:
     drop_last: the final partial batch is not yielded at all.
     """
     rank, world = shard
-    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds.column_names]
+    cols = [c for c in COLUMNS if c in ds.column_names]
     for b in range(start, num_batches(len(order), batch_size, world, drop_last)):
         idx = [int(i) for i in order[b * batch_size : (b + 1) * batch_size]]
         if world > 1:

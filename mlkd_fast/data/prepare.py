@@ -80,10 +80,15 @@ def _check_sequences(ds, name: str, max_seq_length: int) -> None:
         )
 
 
-def prepare_splits(train_data, eval_data, cfg, *, tokenizer, num_labels: int):
-    """Tokenised (train, dev) for a run: train subsampled to cfg.max_train_samples; dev None without eval_data."""
+def prepare_splits(train_data, eval_data, cfg, *, tokenizer, num_labels: int, qa: bool = False):
+    """Tokenised (train, dev) for a run: train subsampled to cfg.max_train_samples; dev None without eval_data.
+    Question answering (qa=True): training windows, and a squad.QADev of the dev examples and windows."""
     if hasattr(train_data, "select"):
         train_data = subset(train_data, cfg.max_train_samples, cfg.seed)
+    if qa:
+        from mlkd_fast.data.squad import prepare_qa
+
+        return prepare_qa(train_data, eval_data, tokenizer=tokenizer, max_length=cfg.max_seq_length)
     common = dict(tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, num_labels=num_labels)
     train = prepare_dataset(train_data, name="train_data", **common)
     dev = None if eval_data is None else prepare_dataset(eval_data, name="eval_data", **common)

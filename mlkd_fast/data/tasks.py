@@ -21,14 +21,18 @@ class TaskSpec:
     dev_split: str = "dev"
     header: bool = True  # CoLA's train/dev files have no header (as released by GLUE)
     positional: Optional[Tuple[int, ...]] = None  # for header-less files: text columns..., label column
+    qa: bool = False  # extractive question answering (SQuAD): start/end positions instead of labels
+    version_2: bool = False  # SQuAD v2.0: questions may have no answer
 
     @property
     def num_labels(self) -> int:
+        if self.qa:
+            return 2  # the QA head's outputs: start and end logits per token
         return 1 if self.labels is None else len(self.labels)
 
     @property
     def is_regression(self) -> bool:
-        return self.labels is None
+        return self.labels is None and not self.qa
 
 
 TASKS: Dict[str, TaskSpec] = {
@@ -52,9 +56,12 @@ TASKS: Dict[str, TaskSpec] = {
         TaskSpec("qnli", "QNLI", ("entailment", "not_entailment"), ("question", "sentence"), "label", ("question", "sentence"), "accuracy"),
         TaskSpec("rte", "RTE", ("entailment", "not_entailment"), ("sentence1", "sentence2"), "label", ("sentence1", "sentence2"), "accuracy"),
         TaskSpec("wnli", "WNLI", ("0", "1"), ("sentence1", "sentence2"), "label", ("sentence1", "sentence2"), "accuracy"),
+        TaskSpec("squad", "SQuAD", None, ("question", "context"), "answers", ("question", "context"), "f1", qa=True),
+        TaskSpec("squad_v2", "SQuAD", None, ("question", "context"), "answers", ("question", "context"), "f1", qa=True,
+                 version_2=True),
     )
 }
-_ALIASES = {"sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b", "mnli-m": "mnli", "mnli_matched": "mnli"}
+_ALIASES = {"squad-v2": "squad_v2", "squad2": "squad_v2", "squad1": "squad", "squad_v1": "squad", "sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b", "mnli-m": "mnli", "mnli_matched": "mnli"}
 # The hub's GLUE uses integer labels in this order; MNLI's hub order differs from the TSV strings' sorted order.
 HUB_LABEL_ORDER = {"mnli": ("entailment", "neutral", "contradiction"), "qnli": ("entailment", "not_entailment"), "rte": ("entailment", "not_entailment")}
 
@@ -65,7 +72,7 @@ def get_task(name: str) -> TaskSpec:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in TASKS:
-        raise InputError(f"unknown task {name!r}; known GLUE tasks: {sorted(TASKS)}")
+        raise InputError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     return TASKS[key]
 
 

@@ -77,7 +77,8 @@ def capture_features(
         raise RuntimeError("an attention-output pre-hook did not fire: the model does not run its layers as expected")
     tok = layout.embedding_norm(layout.word_embeddings(batch["input_ids"])) if token_embeddings else None
     return Features(token_embeddings=tok, mha=list(grabbed_mha) if mha else [], qkv=trios if qkv else [],
-                    hidden=hidden, logits=getattr(out, "logits", None), heads=layout.heads)
+                    hidden=hidden, logits=getattr(out, "logits", None), start_logits=getattr(out, "start_logits", None),
+                    end_logits=getattr(out, "end_logits", None), heads=layout.heads)
 
 
 def _keep_input(store: list, i: int):

@@ -29,8 +29,9 @@ from mlkd_fast.train.distributed import Dist, check_global_batch
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.models import (
     as_model,
-    check_classifier,
     check_fits,
+    check_head,
+    is_qa_model,
     pad_id,
     resolve_device,
 )
@@ -74,7 +75,8 @@ def distill(
 ) -> DistillResult:
     """Distil `teacher` (a task-fine-tuned sequence classifier) into `student` (e.g. from build_student).
 
-    teacher / student: models, or directories holding fine-tuned classifiers.
+    teacher / student: models, or directories holding fine-tuned classifiers (question-answering models for
+    task="squad"/"squad_v2": then train_data/eval_data are datasets of SQuAD examples, see data/squad.py).
     stages: the stages to run, (1, 2), (1,) or (2,); None = every stage of config.objective.
     train_data / eval_data: datasets.Dataset, raw text (sentence1[, sentence2], labels; pass tokenizer=)
     or tokenised (input_ids, attention_mask[, token_type_ids], labels).
@@ -86,9 +88,14 @@ def distill(
     check_output_dir(output_dir)
     stages = _check_stages(stages, cfg)
     spec = get_task(task) if task is not None else None
-    teacher, student = as_model(teacher, "teacher"), as_model(student, "student")
-    num_labels = check_classifier(teacher, "teacher", spec.num_labels if spec else None)
-    check_classifier(student, "student", num_labels)
+    qa = bool(spec.qa) if spec else False
+    teacher, student = as_model(teacher, "teacher", qa=qa), as_model(student, "student", qa=qa)
+    num_labels = check_head(teacher, "teacher", spec)
+    if is_qa_model(teacher) != is_qa_model(student):
+        raise InputError(f"the teacher is a {type(teacher).__name__} but the student a {type(student).__name__}: "
+                         "both need the same kind of head")
+    check_head(student, "student", spec, num_labels)
+    qa = is_qa_model(teacher)
     if student is teacher:
         raise InputError("student is the teacher itself: build a separate student (build_student) or load another copy")
     for role, model in (("teacher", teacher), ("student", student)):
@@ -101,7 +108,7 @@ def distill(
     check_global_batch(cfg.batch_size, dist, cfg.grad_accum_steps)
     device = dist.device
     backend = backends.resolve(backend, device)
-    train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
+    train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels, qa=qa)
     settings = dict(config_to_dict(cfg), stages=list(stages), stage1_weights=cfg.weights(1), stage2_weights=cfg.weights(2), layer_map=list(layer_map), backend=backend,
                     train_rows=len(train), task=spec.name if spec else None, minilm_layer=minilm_layer if cfg.objective == "minilmv2" else None,
                     teacher_weights=weights_fingerprint(teacher), teacher_shape=model_shape(teacher),
@@ -114,7 +121,7 @@ def distill(
         student.to(device)
         projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map),
                                          init=cfg.projection_init).to(device)
-        regression = num_labels == 1
+        regression = num_labels == 1 and not qa
         run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
                   collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,

@@ -13,12 +13,14 @@ import torch.nn as nn
 from mlkd_fast.data.batching import Collator, batches
 from mlkd_fast.data.metrics import compute_metrics
 from mlkd_fast.data.prepare import prepare_dataset
+from mlkd_fast.data.squad import QADev, best_answers, prepare_qa, squad_metrics
 from mlkd_fast.data.tasks import get_task
 from mlkd_fast.train.config import check_int
 from mlkd_fast.train.models import (
-    check_classifier,
     check_fits,
+    check_head,
     count_parameters,
+    is_qa_model,
     load_for_task,
     model_inputs,
     pad_id,
@@ -43,8 +45,33 @@ def predict(model: nn.Module, ds, batch_size: int, device: torch.device, pad_tok
 
 
 def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.device, pad_token_id: int = 0) -> Dict[str, float]:
+    """The task's metrics on a dev set: a tokenised dataset, or a squad.QADev (exact match and F1)."""
+    if isinstance(ds, QADev):
+        start, end = predict_spans(model, ds.windows, batch_size, device, pad_token_id)
+        version_2 = bool(task is not None and task.version_2)
+        return squad_metrics(best_answers(ds.examples, ds.windows, start, end, version_2=version_2), ds.examples)
     logits, labels = predict(model, ds, batch_size, device, pad_token_id)
     return compute_metrics(task, logits, labels)
+
+
+@torch.no_grad()
+def predict_spans(model: nn.Module, windows, batch_size: int, device: torch.device, pad_token_id: int = 0):
+    """Start and end logits (N, L_max) of every window, in order (padded positions: -inf)."""
+    was_training = model.training
+    model.eval()
+    collate = Collator(pad_token_id)
+    length = max(len(x) for x in windows["input_ids"])
+    start = np.full((len(windows), length), -np.inf, dtype=np.float32)
+    end = start.copy()
+    row = 0
+    for batch in batches(windows, np.arange(len(windows)), batch_size, collate):
+        out = model(**{k: v.to(device) for k, v in model_inputs(model, batch).items()})
+        n, L = batch["input_ids"].shape
+        start[row:row + n, :L] = out.start_logits.float().cpu().numpy()
+        end[row:row + n, :L] = out.end_logits.float().cpu().numpy()
+        row += n
+    model.train(was_training)
+    return start, end
 
 
 def _timing_batches(model, ds, batch_size: int, device: torch.device, pad_token_id: int, count: int):
@@ -115,12 +142,17 @@ def evaluate(
     for model in models:
         tok = tokenizer
         if isinstance(model, (str, os.PathLike)):
-            model, loaded_tokenizer = load_for_task(model, spec.num_labels if spec else None, require_head=True)
+            model, loaded_tokenizer = load_for_task(model, spec.num_labels if spec else None, require_head=True,
+                                                    qa=bool(spec and spec.qa))
             tok = tok if tok is not None else loaded_tokenizer
-        num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
+        num_labels = check_head(model, "model", spec)
         check_fits(model, "model", max_seq_length, tok)
         model.to(dev)
-        ds = prepare_dataset(eval_data, name="eval_data", tokenizer=tok, max_seq_length=max_seq_length, num_labels=num_labels)
+        if is_qa_model(model):
+            ds = prepare_qa(None, eval_data, tokenizer=tok, max_length=max_seq_length)[1]
+        else:
+            ds = prepare_dataset(eval_data, name="eval_data", tokenizer=tok, max_seq_length=max_seq_length,
+                                 num_labels=num_labels)
         pid = pad_id(model, tok)
         result = dict(evaluate_model(model, ds, spec, batch_size, dev, pid))
         result["parameters"] = count_parameters(model)

@@ -21,7 +21,8 @@ class Features:
     qkv: per Transformer layer, the (query, key, value) projections, (B, L, D) each:
          inputs of the TinyBERT attention-score and MiniLMv2 relation terms.
     hidden: H_0 (embedding output) .. H_N, (B, L, D) each: input of L_FFN.
-    logits: (B, C) classifier output (C = 1 for regression).
+    logits: (B, C) classifier output (C = 1 for regression); None for question answering.
+    start_logits / end_logits: (B, L) question-answering outputs (None for classifiers).
     heads: the model's attention heads (how qkv splits into heads).
     """
 
@@ -30,6 +31,8 @@ class Features:
     qkv: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     hidden: List[torch.Tensor] = field(default_factory=list)
     logits: Optional[torch.Tensor] = None
+    start_logits: Optional[torch.Tensor] = None
+    end_logits: Optional[torch.Tensor] = None
     heads: int = 0
 
     @property

@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-import torch.nn.functional as F
-
 from mlkd_fast.data.batching import Collator, num_batches
 from mlkd_fast.data.prepare import prepare_splits
 from mlkd_fast.data.tasks import get_task
@@ -21,7 +19,9 @@ from mlkd_fast.train import checkpoint
 from mlkd_fast.train.config import FinetuneConfig, config_to_dict
 from mlkd_fast.train.distributed import Dist, check_global_batch
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
-from mlkd_fast.train.models import check_classifier, check_fits, pad_id, resolve_device
+from mlkd_fast.train.features import Features
+from mlkd_fast.train.models import check_fits, check_head, is_qa_model, model_inputs, pad_id, resolve_device
+from mlkd_fast.train.objectives import supervised_loss
 from mlkd_fast.train.optim import linear_schedule, make_optimizer
 from mlkd_fast.train.rundir import (
     check_output_dir,
@@ -29,6 +29,7 @@ from mlkd_fast.train.rundir import (
     model_shape,
     start_run,
 )
+from mlkd_fast.train.stage import targets
 
 
 @dataclass
@@ -49,20 +50,22 @@ def finetune(
     overwrite: bool = False,
     progress: bool = True,
 ) -> FinetuneResult:
-    """Fine-tune a sequence classifier (e.g. from load_for_task(pretrained_teacher_dir(), 2)) on a task."""
+    """Fine-tune a sequence classifier (e.g. from load_for_task(pretrained_teacher_dir(), 2)) on a task, or a
+    question-answering model (load_for_task(..., qa=True)) on SQuAD examples."""
     cfg = config if config is not None else FinetuneConfig()
     if not isinstance(cfg, FinetuneConfig):
         raise InputTypeError(f"config must be a FinetuneConfig, got {type(cfg).__name__}")
     cfg.validate()
     check_output_dir(output_dir)
     spec = get_task(task) if task is not None else None
-    num_labels = check_classifier(model, "model", spec.num_labels if spec else None)
+    num_labels = check_head(model, "model", spec)
     check_fits(model, "model", cfg.max_seq_length, tokenizer)
-    regression = num_labels == 1
+    qa = is_qa_model(model)
+    regression = num_labels == 1 and not qa
     dist = Dist.from_env(resolve_device(cfg.device))
     check_global_batch(cfg.batch_size, dist, cfg.grad_accum_steps)
     device = dist.device
-    train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels)
+    train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels, qa=qa)
     settings = dict(config_to_dict(cfg), train_rows=len(train), task=spec.name if spec else None,
                     model_shape=model_shape(model), train_data=data_fingerprint(train),
                     eval_data=data_fingerprint(dev) if dev is not None else None)
@@ -81,13 +84,12 @@ def _phase(model, cfg: FinetuneConfig, regression: bool, train_rows: int, dist: 
     """Fine-tuning as one phase: cross-entropy (MSE for scores), linear decay after warm-up."""
 
     def step(batch):
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-        if regression:
-            loss = F.mse_loss(logits.view(-1), batch["labels"])
-        else:
-            loss = F.cross_entropy(logits, batch["labels"])
+        out = model(**model_inputs(model, batch))
+        features = Features(logits=getattr(out, "logits", None), start_logits=getattr(out, "start_logits", None),
+                            end_logits=getattr(out, "end_logits", None))
+        loss = supervised_loss(features, targets(batch), regression)
         # a mean over this rank's samples -> its part of the global mean (no factor on one process)
-        share = dist.shares({"sample": len(batch["labels"])}).get("sample", 1.0)
+        share = dist.shares({"sample": len(batch["input_ids"])}).get("sample", 1.0)
         return (loss * share if share != 1.0 else loss), {}
 
     optimizer = make_optimizer([model], cfg.learning_rate, cfg.weight_decay)

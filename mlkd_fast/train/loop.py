@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from mlkd_fast.data.batching import Collator, batches, epoch_order, num_batches
 from mlkd_fast.data.metrics import main_metric
+from mlkd_fast.data.squad import QADev
 from mlkd_fast.errors import DivergenceError, RunInterrupted
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.atomic import save_json, save_model_atomic
@@ -121,7 +122,9 @@ class Run:
     @property
     def metric(self) -> Optional[str]:
         """The dev metric that picks the kept model (None without dev data)."""
-        return main_metric(self.task, self.collate.regression) if self.dev is not None else None
+        if self.dev is None:
+            return None
+        return "f1" if isinstance(self.dev, QADev) else main_metric(self.task, self.collate.regression)
 
 
 @dataclass

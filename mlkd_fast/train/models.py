@@ -23,17 +23,15 @@ def pretrained_teacher_dir() -> str:
     return str(folder)
 
 
-def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: bool = False, role: str = "model"):
-    """A sequence classifier for `num_labels` from a directory, and its tokenizer.
+def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: bool = False, role: str = "model",
+                  qa: bool = False):
+    """A sequence classifier for `num_labels` (a question-answering model with qa=True) from a directory, and
+    its tokenizer.
 
     num_labels=None takes the head's own label count. A fresh head is added to
     a bare encoder unless require_head (a teacher to distil must be fine-tuned).
     """
-    from transformers import (
-        AutoConfig,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
     if not isinstance(model_dir, (str, os.PathLike)) or not os.path.isdir(model_dir):
         raise InputError(f"{role} directory {model_dir!r} does not exist")
@@ -42,28 +40,53 @@ def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: boo
         cfg = AutoConfig.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError) as e:  # no or a broken config.json
         raise InputError(f"{role} directory {model_dir!r} holds no readable model config: {type(e).__name__}: {e}") from e
-    has_head = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
+    head = "ForQuestionAnswering" if qa else "ForSequenceClassification"
+    has_head = any(a.endswith(head) for a in (cfg.architectures or []))
     if require_head and not has_head:
         raise InputError(
-            f"{role} {model_dir!r} ({', '.join(cfg.architectures or ['unknown architecture'])}) has no classification head: "
-            "fine-tune it first (mlkd-fast finetune / mlkd_fast.finetune)"
+            f"{role} {model_dir!r} ({', '.join(cfg.architectures or ['unknown architecture'])}) has no "
+            f"{'question-answering' if qa else 'classification'} head: fine-tune it first (mlkd-fast finetune / "
+            "mlkd_fast.finetune)"
         )
-    if num_labels is None:
+    if qa:
+        num_labels = 2
+    elif num_labels is None:
         num_labels = cfg.num_labels
     if has_head and cfg.num_labels != num_labels:
         raise InputError(f"{role} {model_dir!r} has a classification head with {cfg.num_labels} labels, the task needs {num_labels}")
+    auto = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+        model = auto.from_pretrained(model_dir, num_labels=num_labels)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, RuntimeError) as e:  # missing or corrupt weights / tokenizer files
         raise InputError(f"{role} directory {model_dir!r} could not be loaded: {type(e).__name__}: {e}") from e
     return model, tokenizer
 
 
-def as_model(model, role: str, num_labels: Optional[int] = None) -> nn.Module:
+def is_qa_model(model) -> bool:
+    return type(model).__name__.endswith("ForQuestionAnswering")
+
+
+def check_head(model: nn.Module, name: str, task=None, num_labels: Optional[int] = None) -> int:
+    """The model has the head the task needs: a sequence classifier with its label count, or a
+    question-answering head (returns 2, its outputs per token). Without a task, the model's head decides;
+    num_labels: the label count to match (default: the task's)."""
+    qa = task.qa if task is not None else is_qa_model(model)
+    if not qa:
+        return check_classifier(model, name, num_labels if num_labels is not None else
+                                task.num_labels if task is not None else None)
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise InputTypeError(f"{name} must be a transformers model (nn.Module with .config), got {type(model).__name__}")
+    if not is_qa_model(model):
+        raise InputError(f"{name} is a {type(model).__name__}, which has no question-answering head; load it with "
+                         "AutoModelForQuestionAnswering (and fine-tune it on the task first if it is the teacher)")
+    return 2
+
+
+def as_model(model, role: str, num_labels: Optional[int] = None, qa: bool = False) -> nn.Module:
     """A model object as given, or loaded (with its fine-tuned head) from a directory path."""
     if isinstance(model, (str, os.PathLike)):
-        return load_for_task(model, num_labels, require_head=True, role=role)[0]
+        return load_for_task(model, num_labels, require_head=True, role=role, qa=qa)[0]
     return model
 
 
@@ -131,5 +154,5 @@ def model_inputs(model: nn.Module, batch) -> dict:
             if k in batch and (takes_all or k in accepted)}
 
 
-__all__ = ["pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "check_fits", "pad_id", "resolve_device", "model_inputs",
+__all__ = ["pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "check_fits", "pad_id", "resolve_device", "model_inputs", "check_head", "is_qa_model",
            "count_parameters"]

@@ -97,7 +97,7 @@ class LossContext:
     layer_map: Tuple[int, ...]  # student layer n (1-based) -> teacher layer layer_map[n-1]
     projections: DistillProjections
     labels: Optional[torch.Tensor] = None  # (B,) L_SC's positive ids (class ids, or equal-score ids); None = views
-    targets: Optional[torch.Tensor] = None  # (B,) the batch's labels as given (class ids or scores): hard-label terms
+    targets: Optional[torch.Tensor] = None  # (B,) labels as given (class ids or scores), or (B, 2) answer spans
     is_regression: bool = False
     splits: int = 12  # A: MHA-splits for L_MHA, relation heads for "qkv"
     sc_temperature: float = 0.07
@@ -189,19 +189,38 @@ def sample_contrastive_loss(t: Features, s: Features, ctx: LossContext) -> torch
 @register_loss("kd", unit="sample")
 def soft_label_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
     """L_KD: soft cross-entropy at temperature T (times T^2 with "batchmean", Hinton's scaling); MSE on the
-    logits for regression tasks."""
+    logits for regression tasks; for question answering the mean of the start and end distributions'
+    soft cross-entropies over each window's real tokens (per window, batchmean)."""
+    if s.start_logits is not None:
+        pairs = ((t.start_logits, s.start_logits), (t.end_logits, s.end_logits))
+        loss = sum(soft_cross_entropy(_masked(tl, ctx.mask), _masked(sl, ctx.mask), temperature=ctx.kd_temperature)
+                   for tl, sl in pairs) / 2
+        return loss * ctx.kd_temperature ** 2 if ctx.kd_reduction == "batchmean" else loss
     if ctx.is_regression:
         return F.mse_loss(_acc(s.logits).view(-1), _acc(t.logits).view(-1))
     loss = soft_cross_entropy(t.logits, s.logits, temperature=ctx.kd_temperature, reduction=ctx.kd_reduction)
     return loss * ctx.kd_temperature ** 2 if ctx.kd_reduction == "batchmean" else loss
 
 
+def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token logits with padding pushed out of the softmax."""
+    return _acc(logits).masked_fill(~mask, -1e4)
+
+
+def supervised_loss(s: Features, targets: torch.Tensor, is_regression: bool) -> torch.Tensor:
+    """The task's own loss: cross-entropy on class ids, MSE on scores, or for question answering the mean of
+    the start and end cross-entropies (targets (B, 2): start and end token positions)."""
+    if s.start_logits is not None:
+        return (F.cross_entropy(_acc(s.start_logits), targets[:, 0]) + F.cross_entropy(_acc(s.end_logits), targets[:, 1])) / 2
+    if is_regression:
+        return F.mse_loss(_acc(s.logits).view(-1), targets.to(_acc(s.logits).dtype).view(-1))
+    return F.cross_entropy(_acc(s.logits), targets)
+
+
 @register_loss("ce", unit="sample", teacher=False)
 def hard_label_loss(t: Optional[Features], s: Features, ctx: LossContext) -> torch.Tensor:
-    """Hard labels: cross-entropy; MSE to the score for regression tasks. Reads no teacher."""
-    if ctx.is_regression:
-        return F.mse_loss(_acc(s.logits).view(-1), ctx.targets.to(_acc(s.logits).dtype).view(-1))
-    return F.cross_entropy(_acc(s.logits), ctx.targets)
+    """Hard labels (supervised_loss). Reads no teacher."""
+    return supervised_loss(s, ctx.targets, ctx.is_regression)
 
 
 def masked_score_mse(t_q, t_k, s_q, s_k, heads: int, mask: torch.Tensor) -> torch.Tensor:
@@ -307,5 +326,6 @@ __all__: Sequence[str] = [
     "LOSS_NEEDS",
     "LOSS_USES_TEACHER",
     "masked_mse",
+    "supervised_loss",
     "token_embedding_relation_input",
 ]

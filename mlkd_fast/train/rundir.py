@@ -201,7 +201,7 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 def data_fingerprint(ds) -> str:
     """sha256 (16 hex digits) of a tokenised dataset's token ids, masks and labels, row by row."""
     h = hashlib.sha256()
-    for column in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+    for column in ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions"):
         if column in ds.column_names:
             values = ds[column]
             h.update(column.encode())

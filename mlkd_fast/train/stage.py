@@ -89,10 +89,17 @@ class StageObjective:
         s_feat = capture_features(student, batch, call=call, **self.capture)
         mask = batch["attention_mask"].bool()
         shares = self.context["dist"].shares({"token": int(mask.sum()), "sample": mask.shape[0]})
-        ctx = LossContext(mask=mask, labels=self.positive_ids(batch.get("labels")), targets=batch.get("labels"),
+        ctx = LossContext(mask=mask, labels=self.positive_ids(batch.get("labels")), targets=targets(batch),
                           shares=shares, **self.context)
         loss, terms = stage_loss(self.weights, t_feat, s_feat, ctx)
         return loss, terms, s_feat
 
 
-__all__ = ["StageObjective", "check_objective_fits", "loss_context"]
+def targets(batch) -> Optional[torch.Tensor]:
+    """What hard-label terms compare with: the labels, or the (start, end) answer positions, or None."""
+    if "start_positions" in batch:
+        return torch.stack([batch["start_positions"], batch["end_positions"]], dim=1)
+    return batch.get("labels")
+
+
+__all__ = ["StageObjective", "check_objective_fits", "loss_context", "targets"]

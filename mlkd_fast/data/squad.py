@@ -1,0 +1,260 @@
+"""Extractive question answering (SQuAD v1.1 and v2.0): examples, windows, best spans, official EM/F1.
+
+    SQuAD JSON (or a datasets hub name) -> examples: id, question, context, answers {text, answer_start}
+    -> windows: [CLS] question [SEP] context-slice [SEP], max_length 384, stride 128 (overlap between
+       slices), the question cut to max_query_length tokens; each window keeps its example id and the
+       character offsets of its context tokens
+       training: start/end token positions of the first answer, or 0 ([CLS]) when the answer is not inside
+       the window or the question has none (v2.0)
+    -> model start/end logits per window -> the best span per example over its windows (start <= end,
+       length <= max_answer_length, inside the context), "" when the no-answer score beats it by more than
+       the threshold (v2.0)
+    -> exact match and F1 after the official normalisation (lower case, no punctuation, no articles,
+       single spaces), the max over the gold answers; a question without answers scores 1 only for "".
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import string
+from typing import Dict, Sequence
+
+import numpy as np
+
+from mlkd_fast.errors import InputError
+
+WINDOW = dict(max_length=384, stride=128, max_query_length=64)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_squad_json(path: str):
+    """A SQuAD-format JSON file (v1.1 or v2.0) as a datasets.Dataset of examples."""
+    import datasets
+
+    if not os.path.isfile(path):
+        raise InputError(f"SQuAD file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{path!r} is not a SQuAD-format JSON file (a 'data' list of articles): {e}") from e
+    rows = {"id": [], "question": [], "context": [], "answers": []}
+    for article in data:
+        for para in article["paragraphs"]:
+            for qa in para["qas"]:
+                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                for a in answers:
+                    if para["context"][a["answer_start"]:a["answer_start"] + len(a["text"])] != a["text"]:
+                        raise InputError(f"{path}: question {qa['id']!r}: answer {a['text']!r} is not at "
+                                         f"character {a['answer_start']} of its context")
+                rows["id"].append(str(qa["id"]))
+                rows["question"].append(qa["question"])
+                rows["context"].append(para["context"])
+                rows["answers"].append({"text": [a["text"] for a in answers],
+                                        "answer_start": [int(a["answer_start"]) for a in answers]})
+    if not rows["id"]:
+        raise InputError(f"{path!r} holds no questions")
+    return datasets.Dataset.from_dict(rows)
+
+
+def load_squad_split(source: str, split: str, version_2: bool):
+    """A SQuAD JSON file, or a datasets hub name ("squad", "squad_v2"; needs network) and split."""
+    if os.path.exists(source):
+        return read_squad_json(source)
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, split={"dev": "validation"}.get(split, split))
+    except Exception as e:
+        raise InputError(f"{source!r} is neither a SQuAD JSON file nor a loadable hub dataset: {type(e).__name__}: {e}") from e
+    missing = {"id", "question", "context", "answers"} - set(ds.column_names)
+    if missing:
+        raise InputError(f"{source!r} lacks the SQuAD columns {sorted(missing)}")
+    return ds
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def _cut_question(tokenizer, question: str, max_query_length: int) -> str:
+    tokens = tokenizer.tokenize(question)
+    return question if len(tokens) <= max_query_length else tokenizer.convert_tokens_to_string(tokens[:max_query_length])
+
+
+def qa_windows(examples, tokenizer, *, train: bool, max_length: int = 384, stride: int = 128,
+               max_query_length: int = 64):
+    """Tokenised windows of `examples` (a Dataset of SQuAD examples). Training windows carry
+    start_positions/end_positions; evaluation windows carry example_id and offset_mapping (None outside
+    the context) for post-processing."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError("question answering needs a fast tokenizer (character offsets of the tokens)")
+    if tokenizer.padding_side != "right":
+        raise InputError("question answering windows need a tokenizer that pads on the right")
+
+    def encode(batch):
+        questions = [_cut_question(tokenizer, q.strip(), max_query_length) for q in batch["question"]]
+        enc = tokenizer(questions, batch["context"], truncation="only_second", max_length=max_length,
+                        stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+        source = enc.pop("overflow_to_sample_mapping")
+        out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        if train:
+            out["start_positions"], out["end_positions"] = [], []
+        else:
+            out["example_id"], out["offset_mapping"] = [], []
+        for w, offsets in enumerate(enc["offset_mapping"]):
+            seq = enc.sequence_ids(w)
+            ex = source[w]
+            if train:
+                start, end = _answer_tokens(batch["answers"][ex], offsets, seq)
+                out["start_positions"].append(start)
+                out["end_positions"].append(end)
+            else:
+                out["example_id"].append(batch["id"][ex])
+                out["offset_mapping"].append([o if seq[i] == 1 else None for i, o in enumerate(offsets)])
+        return out
+
+    return examples.map(encode, batched=True, remove_columns=examples.column_names)
+
+
+def _answer_tokens(answers, offsets, seq) -> tuple:
+    """(start, end) token positions of the first answer inside this window, else (0, 0)."""
+    if not answers["text"]:
+        return 0, 0
+    a_start = answers["answer_start"][0]
+    a_end = a_start + len(answers["text"][0])
+    context = [i for i, s in enumerate(seq) if s == 1]
+    first, last = context[0], context[-1]
+    if offsets[first][0] > a_start or offsets[last][1] < a_end:
+        return 0, 0  # the answer is not (entirely) inside this window
+    start = first
+    while start <= last and offsets[start][0] <= a_start:
+        start += 1
+    end = last
+    while end >= first and offsets[end][1] >= a_end:
+        end -= 1
+    return start - 1, end + 1
+
+
+def window_sizes(max_length: int) -> Dict[str, int]:
+    """Stride and question length for windows of max_length tokens: 128 and 64 at the usual 384."""
+    return dict(max_length=max_length, stride=max_length // 3, max_query_length=max_length // 6)
+
+
+class QADev:
+    """A question-answering dev set: its examples (for the answers) and their evaluation windows (for the
+    model). Behaves as the windows where a tokenised dataset is expected (length, columns, rows)."""
+
+    def __init__(self, examples, windows):
+        self.examples, self.windows = examples, windows
+
+    @property
+    def column_names(self):
+        return self.windows.column_names
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, key):
+        return self.windows[key]
+
+
+def prepare_qa(train_data, eval_data, *, tokenizer, max_length: int):
+    """(training windows, QADev or None) from datasets of SQuAD examples."""
+    import datasets
+
+    for name, ds in (("train_data", train_data), ("eval_data", eval_data)):
+        if ds is None:
+            continue
+        if not isinstance(ds, datasets.Dataset):
+            raise InputError(f"{name} must be a datasets.Dataset of SQuAD examples, got {type(ds).__name__}")
+        missing = {"id", "question", "context", "answers"} - set(ds.column_names)
+        if missing:
+            raise InputError(f"{name} lacks the SQuAD columns {sorted(missing)} (columns: {ds.column_names})")
+    if tokenizer is None:
+        raise InputError("question answering needs the tokenizer (tokenizer=) to cut the windows")
+    sizes = window_sizes(max_length)
+    train = qa_windows(train_data, tokenizer, train=True, **sizes) if train_data is not None else None
+    dev = None if eval_data is None else QADev(eval_data, qa_windows(eval_data, tokenizer, train=False, **sizes))
+    return train, dev
+
+
+# ----------------------------------------------------------------------------- best spans
+
+
+def best_answers(examples, windows, start_logits: np.ndarray, end_logits: np.ndarray, *, version_2: bool,
+                 n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0) -> Dict[str, str]:
+    """Example id -> predicted answer text ("" = no answer, v2.0 only), over all windows of each example."""
+    by_example = collections.defaultdict(list)
+    for w, ex_id in enumerate(windows["example_id"]):
+        by_example[ex_id].append(w)
+    offsets_all = windows["offset_mapping"]
+    predictions = {}
+    for ex in examples:
+        best_text, best_score, null_score = "", -np.inf, np.inf
+        for w in by_example.get(ex["id"], []):
+            s, e, offsets = start_logits[w], end_logits[w], offsets_all[w]
+            null_score = min(null_score, float(s[0] + e[0]))
+            starts = np.argsort(s)[::-1][:n_best]
+            ends = np.argsort(e)[::-1][:n_best]
+            for i in starts:
+                for j in ends:
+                    if i >= len(offsets) or j >= len(offsets) or offsets[i] is None or offsets[j] is None:
+                        continue
+                    if j < i or j - i + 1 > max_answer_length:
+                        continue
+                    score = float(s[i] + e[j])
+                    if score > best_score:
+                        best_score, best_text = score, ex["context"][offsets[i][0]:offsets[j][1]]
+        if version_2 and (best_score == -np.inf or null_score - best_score > null_threshold):
+            best_text = ""
+        predictions[ex["id"]] = best_text
+    return predictions
+
+
+# ----------------------------------------------------------------------------- official metric
+
+
+def normalize_answer(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _f1(prediction: str, gold: str) -> float:
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = collections.Counter(p) & collections.Counter(g)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(predictions: Dict[str, str], examples) -> Dict[str, float]:
+    """Exact match and F1 (0-1) over every example; unanswerable questions (no gold answers) count as
+    answered correctly only by "". Also the split into HasAns / NoAns where both occur (v2.0)."""
+    em, f1, has = [], [], []
+    for ex in examples:
+        golds: Sequence[str] = [a for a in ex["answers"]["text"] if normalize_answer(a)] or [""]
+        pred = predictions.get(ex["id"])
+        if pred is None:
+            raise InputError(f"no prediction for question {ex['id']!r}")
+        em.append(max(float(normalize_answer(pred) == normalize_answer(g)) for g in golds))
+        f1.append(max(_f1(pred, g) for g in golds))
+        has.append(golds != [""])
+    out = {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}
+    has = np.array(has)
+    if has.any() and not has.all():
+        out.update(has_ans_f1=float(np.mean(np.array(f1)[has])), no_ans_f1=float(np.mean(np.array(f1)[~has])))
+    return out
+
+
+__all__ = ["WINDOW", "QADev", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
+           "squad_metrics"]

@@ -1,0 +1,109 @@
+"""Question answering through finetune, distill (MLKD stage 1 + stage 2 with L_KD on the start and end
+distributions) and the CLI, on a tiny BERT and SQuAD files the test writes."""
+import json
+import math
+
+import pytest
+import torch
+from tiny_bert import WORDS, one_thread, tiny_config, tiny_tokenizer  # noqa: F401 (fixture)
+
+from mlkd_fast import DistillConfig, FinetuneConfig, build_student, distill, finetune
+from mlkd_fast.cli import main
+from mlkd_fast.data.squad import read_squad_json
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_squad(path, n=12, v2=False, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    qas_all = []
+    paragraphs = []
+    for p in range(n // 3):
+        words = list(rng.choice(WORDS, size=20))
+        context = " ".join(words)
+        qas = []
+        for q in range(3):
+            i = int(rng.integers(0, 18))
+            text = " ".join(words[i:i + 2])
+            start = len(" ".join(words[:i])) + (1 if i else 0)
+            qa = {"id": f"p{p}q{q}", "question": " ".join(rng.choice(WORDS, size=4)),
+                  "answers": [{"text": text, "answer_start": start}]}
+            if v2 and q == 2:
+                qa = dict(qa, answers=[], is_impossible=True)
+            qas.append(qa)
+        paragraphs.append({"context": context, "qas": qas})
+        qas_all += qas
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return str(path)
+
+
+def _qa_teacher(tmp_path):
+    from transformers import BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    return BertForQuestionAnswering(tiny_config(layers=4, hidden=32, heads=4)), tiny_tokenizer(str(tmp_path))
+
+
+@pytest.mark.parametrize("version_2", [False, True])
+def test_finetune_then_distill_squad(tmp_path, version_2):
+    from transformers import AutoModelForQuestionAnswering
+
+    task = "squad_v2" if version_2 else "squad"
+    teacher, tok = _qa_teacher(tmp_path)
+    train = read_squad_json(write_squad(tmp_path / "train.json", n=12, v2=version_2))
+    dev = read_squad_json(write_squad(tmp_path / "dev.json", n=6, v2=version_2, seed=1))
+    ft = finetune(teacher, train, eval_data=dev, task=task, tokenizer=tok, output_dir=str(tmp_path / "t"),
+                  config=FinetuneConfig(epochs=2, batch_size=4, learning_rate=1e-3, max_seq_length=48, device="cpu"),
+                  progress=False)
+    assert ft.metric == "f1" and {"exact_match", "f1"} <= set(ft.history[-1]["metrics"])
+    student = build_student(teacher, 2, num_heads=2)
+    cfg = DistillConfig(stage1_epochs=1, stage2_epochs=1, batch_size=4, splits=4, max_seq_length=48, device="cpu")
+    res = distill(teacher, student, train, eval_data=dev, task=task, tokenizer=tok, config=cfg,
+                  output_dir=str(tmp_path / "s"), backend="torch", progress=False)
+    assert [h["stage"] for h in res.history] == [1, 2] and {"ss", "sc", "kd"} <= set(res.history[1])
+    assert all(math.isfinite(res.history[1][k]) for k in ("ss", "sc", "kd"))
+    assert 0 <= res.best_metric <= 1 and res.metric == "f1"
+    assert type(AutoModelForQuestionAnswering.from_pretrained(res.student_dir)).__name__ == "BertForQuestionAnswering"
+
+
+def test_kd_term_on_spans_by_hand(tmp_path):
+    from mlkd_fast.train import objectives as losses
+    from mlkd_fast.train.features import Features
+
+    mask = torch.tensor([[True, True, False]])
+    t = Features(start_logits=torch.tensor([[0.0, 0.0, 9.0]]), end_logits=torch.tensor([[0.0, 0.0, 9.0]]))
+    s = Features(start_logits=torch.tensor([[0.0, 0.0, -9.0]]), end_logits=torch.tensor([[0.0, 0.0, 0.0]]))
+    ctx = losses.LossContext(mask=mask, layer_map=(1,), projections=losses.DistillProjections(1, 1, 1),
+                             targets=torch.tensor([[1, 0]]))
+    # padding is out of both softmaxes: uniform over 2 real tokens on both sides -> soft CE log 2, each
+    assert losses.LOSSES["kd"](t, s, ctx).item() == pytest.approx(math.log(2), rel=1e-5)
+    expected = (torch.nn.functional.cross_entropy(s.start_logits, torch.tensor([1]))
+                + torch.nn.functional.cross_entropy(s.end_logits, torch.tensor([0]))) / 2
+    assert losses.LOSSES["ce"](None, s, ctx).item() == pytest.approx(expected.item())
+
+
+def test_cli_distill_squad_reports_em_and_f1(tmp_path, capsys):
+    from transformers import BertModel
+
+    pretrained = tmp_path / "pretrained"
+    torch.manual_seed(0)
+    BertModel(tiny_config(layers=4, hidden=32, heads=4)).save_pretrained(pretrained)
+    tiny_tokenizer(str(pretrained)).save_pretrained(pretrained)
+    train, dev = write_squad(tmp_path / "train.json", n=9), write_squad(tmp_path / "dev.json", n=6, seed=1)
+    data = ["--task", "squad", "--train-file", train, "--dev-file", dev, "--max-seq-length", "48", "--batch-size", "4",
+            "--device", "cpu", "--no-progress"]
+    assert main(["finetune", *data, "--model", str(pretrained), "--output-dir", str(tmp_path / "t"), "--epochs", "1"]) == 0
+    assert main(["distill", *data, "--teacher", str(tmp_path / "t" / "model"), "--output-dir", str(tmp_path / "s"),
+                 "--student-layers", "2", "--student-heads", "2", "--splits", "4", "--stage1-epochs", "1",
+                 "--stage2-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "best dev f1" in out and "exact_match=" in out
+    assert main(["evaluate", "--task", "squad", "--dev-file", dev, "--model", str(tmp_path / "t" / "model"),
+                 "--model", str(tmp_path / "s" / "student"), "--max-seq-length", "48", "--latency-batches", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "exact_match" in table and "f1 retention %" in table
+    assert main(["distill", "--task", "squad", "--data-dir", str(tmp_path), "--teacher", str(tmp_path / "t" / "model"),
+                 "--output-dir", str(tmp_path / "x"), "--student-layers", "2"]) == 2
+    assert "SQuAD JSON" in capsys.readouterr().err
