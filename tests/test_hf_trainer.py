@@ -100,3 +100,17 @@ def test_one_stage_objective_and_errors(tmp_path):
     with pytest.raises(TypeError, match="teacher must be a model other than the student"):
         student = build_student(tiny_bert(), 2)
         MLKDTrainer(model=student, teacher=student, args=_args(tmp_path / "y"))
+
+
+def test_gradient_accumulation_clears_the_projections_once_per_step(tmp_path):
+    trainer = _trainer(tmp_path / "acc", max_steps=2, save_steps=10, per_device_train_batch_size=4,
+                       gradient_accumulation_steps=2)
+    seen = []
+    hook = trainer.projections.hidden[0].weight.register_hook(lambda g: seen.append(g.clone()))
+    before = [p.detach().clone() for p in trainer.projections.parameters()]
+    trainer.train()
+    hook.remove()
+    # step 1 is stage 1 (its 2 micro-batches reach W_0), step 2 stage 2 (L_FFN off)
+    assert trainer.state.global_step == 2 and len(seen) == 2
+    assert all(p.grad is None for p in trainer.projections.parameters())  # cleared after each optimiser step
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.projections.parameters()))
