@@ -22,6 +22,7 @@ from mlkd_fast.train.distill import DistillResult, distill
 from mlkd_fast.train.encoders import EncoderPaths, register_encoder
 from mlkd_fast.train.evaluate import evaluate
 from mlkd_fast.train.finetune import FinetuneResult, finetune
+from mlkd_fast.train.general import GeneralDistillResult, general_distill
 from mlkd_fast.train.models import load_for_task, pretrained_teacher_dir
 from mlkd_fast.train.student import build_student
 from mlkd_fast.version import __version__  # noqa: F401  (written once, in version.py)
@@ -38,6 +39,8 @@ __all__ = [
     "finetune",
     "FinetuneConfig",
     "FinetuneResult",
+    "general_distill",
+    "GeneralDistillResult",
     "load_split",
     "load_for_task",
     "pretrained_teacher_dir",

@@ -70,6 +70,25 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_student_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student-layers", type=int, help="layers of the built student")
+    p.add_argument("--student-heads", type=int, help="attention heads of the built student (must divide its hidden size)")
+    p.add_argument("--student-hidden", type=int, help="hidden size (default: the teacher's)")
+    p.add_argument("--student-intermediate", type=int, help="FFN size (default: the teacher's)")
+    p.add_argument("--init", choices=("teacher", "random"), help="student weights: copied teacher layers or random")
+    p.add_argument("--layer-map", type=_int_list, help="teacher layer (1-based) per student layer, e.g. 2,4,6")
+
+
+def _student_shape(args, file) -> Dict[str, Any]:
+    """The built student's shape: the config file's student: section, then the flags."""
+    spec = _section(file, "student", STUDENT_KEYS)
+    for flag, key in (("student_layers", "num_layers"), ("student_heads", "num_heads"), ("student_hidden", "hidden_size"),
+                      ("student_intermediate", "intermediate_size"), ("init", "init")):
+        if getattr(args, flag) is not None:
+            spec[key] = getattr(args, flag)
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlkd-fast", description="MLKD-BERT distillation: fine-tune a teacher, distil a student, evaluate.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
@@ -89,12 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(ds)
     ds.add_argument("--teacher", required=True, help="fine-tuned teacher directory (e.g. <finetune output>/model)")
     ds.add_argument("--student", help="existing student directory (instead of building one from the teacher)")
-    ds.add_argument("--student-layers", type=int, help="layers of the built student")
-    ds.add_argument("--student-heads", type=int, help="attention heads of the built student (must divide its hidden size)")
-    ds.add_argument("--student-hidden", type=int, help="hidden size (default: the teacher's)")
-    ds.add_argument("--student-intermediate", type=int, help="FFN size (default: the teacher's)")
-    ds.add_argument("--init", choices=("teacher", "random"), help="student weights: copied teacher layers or random")
-    ds.add_argument("--layer-map", type=_int_list, help="teacher layer (1-based) per student layer, e.g. 2,4,6")
+    _add_student_args(ds)
     ds.add_argument("--stages", type=_int_list, help="stages to run: 1,2 (default), 1 or 2")
     ds.add_argument("--stage1-epochs", type=int)
     ds.add_argument("--stage2-epochs", type=int)
@@ -116,12 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--teacher", help="pretrained (not fine-tuned) encoder directory (default: all-MiniLM-L6-v2)")
     gd.add_argument("--corpus", nargs="+", required=True,
                     help="text files or folders of them, one sentence or document per line")
-    gd.add_argument("--student-layers", type=int, help="layers of the student")
-    gd.add_argument("--student-heads", type=int, help="attention heads of the student")
-    gd.add_argument("--student-hidden", type=int, help="hidden size (default: the teacher's)")
-    gd.add_argument("--student-intermediate", type=int, help="FFN size (default: the teacher's)")
-    gd.add_argument("--init", choices=("teacher", "random"), help="student weights: copied teacher layers or random")
-    gd.add_argument("--layer-map", type=_int_list, help="teacher layer (1-based) per student layer")
+    _add_student_args(gd)
     gd.add_argument("--epochs", type=int, help="passes over the corpus (default 1)")
     gd.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     gd.add_argument("--splits", type=int, help="MHA-splits A of L_MHA (default 12)")
@@ -281,11 +290,7 @@ def _student(args, file, teacher, cfg, num_labels: int, qa: bool = False):
     from mlkd_fast.train.models import load_for_task
     from mlkd_fast.train.student import build_student
 
-    spec = _section(file, "student", STUDENT_KEYS)
-    for flag, key in (("student_layers", "num_layers"), ("student_heads", "num_heads"), ("student_hidden", "hidden_size"),
-                      ("student_intermediate", "intermediate_size"), ("init", "init")):
-        if getattr(args, flag) is not None:
-            spec[key] = getattr(args, flag)
+    spec = _student_shape(args, file)
     if args.student:
         if spec:
             raise InputError("give either --student DIR or the student's shape (--student-layers, ...), not both")
@@ -346,11 +351,7 @@ def cmd_general_distill(args) -> int:
         raise InputError(f"--teacher directory {teacher_dir!r} does not exist")
     check_output_dir(args.output_dir)
     teacher, tokenizer = AutoModel.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(teacher_dir)
-    spec = _section(file, "student", STUDENT_KEYS)
-    for flag, key in (("student_layers", "num_layers"), ("student_heads", "num_heads"), ("student_hidden", "hidden_size"),
-                      ("student_intermediate", "intermediate_size"), ("init", "init")):
-        if getattr(args, flag) is not None:
-            spec[key] = getattr(args, flag)
+    spec = _student_shape(args, file)
     if "num_layers" not in spec:
         raise InputError("--student-layers is required")
     torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)

@@ -51,6 +51,14 @@ def _distill(e, **kw):
     return lambda: mf.distill(teacher, student, args.pop("train", tokenized_dataset(8)), **args)
 
 
+def _renamed_layernorm():
+    """A BERT whose embedding LayerNorm has another name: the BERT adapter cannot find it."""
+    model = tiny_bert(layers=1)
+    model.bert.embeddings.norm = model.bert.embeddings.LayerNorm
+    del model.bert.embeddings.LayerNorm
+    return model
+
+
 # id -> (what is called, exception type, message pattern)
 CASES = {
     "op-rank": (lambda e: lambda: mf.relation_kl(r(2, 5), r(2, 5, 4), 2), InputError, "teacher must be 3-D"),
@@ -100,6 +108,22 @@ CASES = {
     "cli-section-type": (lambda e: cli(e, "distill", "--config", "{tmp}/distill5.yaml", "--data-dir", "{glue}",
                                        "--teacher", "{teacher}", "--output-dir", "{tmp}/o"), InputError,
                          "config 'distill' section must be a mapping"),
+    "objective-unknown": (lambda e: lambda: mf.DistillConfig(objective="distilbert").validate(), InputError,
+                          "objective must be one of"),
+    "tinybert-heads": (lambda e: _distill(e, config=mf.DistillConfig(objective="tinybert", device="cpu", splits=4),
+                                          student=mf.build_student(tiny_bert(layers=2), 1, num_heads=2, layer_map=(2,))),
+                       InputError, "teacher has 4 heads and the student 2"),
+    "encoder-layout": (lambda e: lambda: mf.capture_features(_renamed_layernorm(), {}), InputTypeError,
+                       r"module base_model\.embeddings\.LayerNorm not found.*register_encoder"),
+    "general-corpus": (lambda e: lambda: mf.general_distill(tiny_bert(), mf.build_student(tiny_bert(), 2),
+                                                            [str(e["tmp"] / "nothing.txt")],
+                                                            tokenizer=tiny_tokenizer(str(e["tmp"])),
+                                                            config=mf.DistillConfig(splits=4, device="cpu"),
+                                                            output_dir=str(e["tmp"] / "gd")),
+                       InputError, "neither a file nor a folder"),
+    "cli-squad-data-dir": (lambda e: cli(e, "distill", "--task", "squad", "--data-dir", "{glue}", "--teacher", "{teacher}",
+                                         "--student-layers", "1", "--output-dir", "{tmp}/o"), InputError,
+                           "reads SQuAD JSON files"),
     "cli-stages-type": (lambda e: cli(e, "distill", "--config", "{tmp}/stages12.yaml", "--data-dir", "{glue}",
                                       "--teacher", "{teacher}", "--student-layers", "1", "--output-dir", "{tmp}/o"),
                         InputError, "stages must be a list"),
