@@ -114,3 +114,27 @@ def test_gradient_accumulation_clears_the_projections_once_per_step(tmp_path):
     assert trainer.state.global_step == 2 and len(seen) == 2
     assert all(p.grad is None for p in trainer.projections.parameters())  # cleared after each optimiser step
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.projections.parameters()))
+
+
+def test_ddp_two_ranks_keep_student_and_projections_identical(tmp_path):
+    """torchrun, 2 gloo ranks: DDP averages the student's gradients, MLKDTrainer the projections' (they live
+    outside the DDP module); both must stay the same on every rank."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_ddp_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port), worker, str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-4000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    for part in ("projections", "student"):
+        for k in r0[part]:
+            assert torch.allclose(r0[part][k], r1[part][k], atol=1e-6), (part, k)
