@@ -37,7 +37,7 @@ class Collator:
         if "labels" in rows[0]:  # unlabelled text (general distillation) has none
             dtype = torch.float32 if self.regression else torch.long
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)
-        for key in ("start_positions", "end_positions"):  # question answering
+        for key in ("start_positions", "end_positions", "index"):  # question answering; the rows' dataset index
             if key in rows[0]:
                 batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
         return batch
@@ -59,7 +59,7 @@ def batches(ds, order: Sequence[int], batch_size: int, collate: Collator, start:
             per_rank = len(idx) // world
             idx = idx[rank * per_rank : (rank + 1) * per_rank]
         chunk = ds[idx]
-        rows = [{c: chunk[c][i] for c in cols} for i in range(len(idx))]
+        rows = [{"index": idx[i], **{c: chunk[c][i] for c in cols}} for i in range(len(idx))]
         yield collate(rows)
 
 

@@ -58,6 +58,7 @@ CHOICES = {
     "optimizer": ("adamw", "bertadam"),
     "projection_init": ("identity", "normal"),
     "relations": ("global", "local"),
+    "teacher_cache_dtype": ("fp32", "fp16"),
 }
 
 
@@ -167,6 +168,10 @@ class DistillConfig(_Common):
     mha_feature: str = "output"  # L_MHA's O_n: the W^O input ("output"), or recomputed without attention dropout
     optimizer: str = "adamw"  # "adamw": global-norm clipping; "bertadam": per-tensor clipping, no bias correction
     projection_init: str = "identity"  # equal widths: identity maps; "normal": N(0, 0.02) weights, zero bias
+    # a folder for teacher-output caches (train/teacher_cache.py): the teacher's features are computed once per
+    # (teacher weights, training data, feature set) and read back instead of running the teacher; None = off
+    teacher_cache: Optional[str] = None
+    teacher_cache_dtype: str = "fp32"  # storage: fp32, or fp16 (half the disk; features rounded to fp16)
 
     def validate(self) -> None:
         super().validate()
@@ -200,6 +205,12 @@ class DistillConfig(_Common):
         check_float("sc_temperature", self.sc_temperature)
         check_float("sc_base_temperature", self.sc_base_temperature)
         check_float("kd_temperature", self.kd_temperature)
+        if self.teacher_cache is not None:
+            if not isinstance(self.teacher_cache, (str, os.PathLike)):
+                raise InputTypeError(f"teacher_cache must be a folder path or None, got {self.teacher_cache!r}")
+            if self.teacher_mode == "train":
+                raise InputError("teacher_cache cannot be used with teacher_mode='train': a teacher with dropout on "
+                                 "gives other features at every step, so cached ones would not be exact")
 
     def weights(self, stage: int) -> Dict[str, float]:
         """The objective's terms of `stage` with their weights (defaults, then this config's overrides)."""

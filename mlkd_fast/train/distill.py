@@ -50,6 +50,7 @@ from mlkd_fast.train.rundir import (
     weights_fingerprint,
 )
 from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context
+from mlkd_fast.train.teacher_cache import open_or_build, term_features
 
 
 @dataclass
@@ -127,14 +128,29 @@ def distill(
                   collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
                   tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections}, dist=dist)
         context = loss_context(cfg, projections, layer_map, minilm_layer, regression, backend, dist)
-        phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir)
+        cache = _teacher_cache(cfg, teacher, run, stages, layer_map, minilm_layer, qa) if cfg.teacher_cache else None
+        phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir, cache)
                   for s in stages]
         return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
 
-def _stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir) -> Phase:
+def _teacher_cache(cfg, teacher, run: Run, stages, layer_map, minilm_layer: int, qa: bool):
+    """The teacher-output cache of this run's training data: built by rank 0 when missing, opened by all."""
+    names = {name for s in stages for term, w in cfg.weights(s).items() if w != 0
+             for name in term_features(term, layer_map, minilm_layer, qa)}
+    depends_on = dict(teacher=run.settings["teacher_weights"], data=run.settings["train_data"],
+                      mha_feature=cfg.mha_feature)
+    args = dict(depends_on=depends_on, batch_size=cfg.eval_batch_size, collate=run.collate, device=run.device,
+                dtype=cfg.teacher_cache_dtype)
+    if run.dist.is_main:
+        open_or_build(cfg.teacher_cache, teacher, run.train, names, **args)
+    run.dist.barrier()
+    return open_or_build(cfg.teacher_cache, teacher, run.train, names, log=lambda *_: None, **args)
+
+
+def _stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir, cache=None) -> Phase:
     """Stage 1 or 2 of the objective as a phase: its terms, what it trains, its optimiser and schedule."""
-    objective = StageObjective(stage, cfg, context)
+    objective = StageObjective(stage, cfg, context, cache)
 
     def step(batch):
         loss, terms, _ = objective(teacher, student, batch)

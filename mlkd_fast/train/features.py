@@ -34,8 +34,9 @@ class Features:
     start_logits: Optional[torch.Tensor] = None
     end_logits: Optional[torch.Tensor] = None
     heads: int = 0
+    cls_state: Optional[torch.Tensor] = None  # (B, D) given directly (a teacher cache), else read from hidden
 
     @property
     def cls(self) -> torch.Tensor:
         """Last-layer hidden state of [CLS], (B, D): input of L_SS and L_SC."""
-        return self.hidden[-1][:, 0]
+        return self.cls_state if self.cls_state is not None else self.hidden[-1][:, 0]

@@ -57,8 +57,9 @@ def loss_context(cfg: DistillConfig, projections: DistillProjections, layer_map,
 class StageObjective:
     """Stage `stage` of cfg.objective: its weighted terms, and what they need captured."""
 
-    def __init__(self, stage: int, cfg: DistillConfig, context: Dict):
+    def __init__(self, stage: int, cfg: DistillConfig, context: Dict, cache=None):
         self.stage = stage
+        self.cache = cache  # a teacher_cache.TeacherCache: the teacher's features read back, not recomputed
         self.weights = cfg.weights(stage)
         parts, self.uses_teacher = stage_needs(self.weights)
         self.capture = dict(parts, mha_before_dropout=cfg.mha_feature == "before_dropout")
@@ -83,7 +84,9 @@ class StageObjective:
         """(loss, per-term values, student features) of one batch. `call`: the module that runs the student
         (e.g. its DistributedDataParallel wrapper), when not `student` itself."""
         t_feat = None
-        if self.uses_teacher:
+        if self.uses_teacher and self.cache is not None:
+            t_feat = self.cache.features(batch["index"], batch["input_ids"].shape[1], batch["input_ids"].device)
+        elif self.uses_teacher:
             with torch.no_grad():
                 t_feat = capture_features(teacher, batch, **self.capture)
         s_feat = capture_features(student, batch, call=call, **self.capture)

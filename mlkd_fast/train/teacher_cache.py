@@ -1,0 +1,181 @@
+"""Teacher-output cache: a frozen teacher in eval mode gives each example the same features every time, so
+the features the enabled loss terms read are computed once, stored, and read back by later epochs, stages,
+seeds and objectives instead of running the teacher.
+
+One cache is a folder named by its fingerprint (teacher weights, training data's token ids, feature set,
+storage dtype, format version) under the cache root:
+    manifest.json   what the features depend on, and per file its shape, dtype and sha256
+    offsets.npy     int64 (N + 1,): example i's tokens are rows offsets[i]:offsets[i + 1] of a token file
+    <name>.npy      token features (T, D), trimmed to each example's real tokens; or row features (N, C)
+It is built in a temporary folder and renamed into place whole (a cache folder that exists is complete);
+every file is checked against its sha256 when a cache is opened, and a mismatch is an error naming the file.
+Names: tok (L_EMB input), hid<m> (H_m), mha<m> (O_m), q<m>/k<m>/v<m>, cls, logits, start/end (QA).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from typing import Dict, Iterable, List, Sequence
+
+import numpy as np
+import torch
+
+from mlkd_fast.data.batching import Collator, batches
+from mlkd_fast.errors import InputError
+from mlkd_fast.train.atomic import fsync_dir, save_json
+from mlkd_fast.train.capture import capture_features
+from mlkd_fast.train.features import Features
+
+VERSION = 1
+DTYPES = {"fp32": np.float32, "fp16": np.float16}
+ROW_FEATURES = ("cls", "logits")
+
+
+def term_features(term: str, layer_map: Sequence[int], minilm_layer: int, qa: bool) -> List[str]:
+    """The cached teacher features a loss term reads."""
+    return {
+        "emb": ["tok"],
+        "mha": [f"mha{m}" for m in layer_map],
+        "ffn": ["hid0"] + [f"hid{m}" for m in layer_map],
+        "att": [f"{x}{m}" for m in layer_map for x in "qk"],
+        "qkv": [f"{x}{minilm_layer}" for x in "qkv"],
+        "ss": ["cls"],
+        "sc": ["cls"],
+        "kd": ["start", "end"] if qa else ["logits"],
+    }.get(term, [])
+
+
+def _extract(f: Features, name: str) -> torch.Tensor:
+    """Feature `name` of a batch: (B, L, D) per token or (B, C) per row."""
+    if name == "tok":
+        return f.token_embeddings
+    if name == "cls":
+        return f.cls
+    if name in ("logits", "start", "end"):
+        x = {"logits": f.logits, "start": f.start_logits, "end": f.end_logits}[name]
+        return x if name == "logits" else x[..., None]
+    kind, m = name[:3] if name[:3] in ("hid", "mha") else name[0], int(name.lstrip("hidmaqkv"))
+    if kind == "hid":
+        return f.hidden[m]
+    if kind == "mha":
+        return f.mha[m - 1]
+    return f.qkv[m - 1]["qkv".index(kind)]
+
+
+class TeacherCache:
+    """An opened (checked) cache: `features(index, length, device)` rebuilds a batch's teacher Features."""
+
+    def __init__(self, folder: str, teacher_layers: int, heads: int):
+        self.folder = folder
+        with open(os.path.join(folder, "manifest.json")) as f:
+            self.manifest = json.load(f)
+        for name, meta in self.manifest["files"].items():
+            if _sha256(os.path.join(folder, name)) != meta["sha256"]:
+                raise InputError(f"teacher cache file {os.path.join(folder, name)} does not match its checksum "
+                                 "(damaged or changed on disk): delete the folder to rebuild it")
+        self.offsets = np.load(os.path.join(folder, "offsets.npy"))
+        self.arrays = {n: np.load(os.path.join(folder, n + ".npy"), mmap_mode="r") for n in self.manifest["names"]}
+        self.layers, self.heads = teacher_layers, heads
+
+    @property
+    def bytes(self) -> int:
+        return sum(meta["bytes"] for meta in self.manifest["files"].values())
+
+    def features(self, index: torch.Tensor, length: int, device) -> Features:
+        rows = index.tolist()
+        got = {n: self._gather(n, a, rows, length) for n, a in self.arrays.items()}
+        to = {n: torch.from_numpy(v).to(device=device, dtype=torch.float32) for n, v in got.items()}
+        f = Features(mha=[to.get(f"mha{m}") for m in range(1, self.layers + 1)],
+                     hidden=[to.get(f"hid{m}") for m in range(self.layers + 1)],
+                     qkv=[tuple(to.get(f"{x}{m}") for x in "qkv") for m in range(1, self.layers + 1)],
+                     token_embeddings=to.get("tok"), logits=to.get("logits"), heads=self.heads)
+        f.start_logits = to["start"][..., 0] if "start" in to else None
+        f.end_logits = to["end"][..., 0] if "end" in to else None
+        f.cls_state = to.get("cls")
+        return f
+
+    def _gather(self, name: str, array, rows: List[int], length: int) -> np.ndarray:
+        if name in ROW_FEATURES:
+            return np.ascontiguousarray(array[rows])
+        out = np.zeros((len(rows), length, array.shape[1]), dtype=array.dtype)
+        for i, r in enumerate(rows):
+            a, b = self.offsets[r], self.offsets[r + 1]
+            out[i, : b - a] = array[a:b]
+        return out
+
+
+def open_or_build(root: str, teacher, train, names: Iterable[str], *, depends_on: Dict, batch_size: int,
+                  collate: Collator, device, dtype: str = "fp32", log=print) -> TeacherCache:
+    """The cache of `teacher` on `train` for `names`, built first when no complete one exists under root."""
+    names = sorted(set(names))
+    key = dict(depends_on, names=names, dtype=dtype, version=VERSION)
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = os.path.join(root, fingerprint)
+    layers, heads = teacher.config.num_hidden_layers, teacher.config.num_attention_heads
+    if not os.path.exists(os.path.join(folder, "manifest.json")):
+        log(f"mlkd_fast: building the teacher cache {folder} ({len(train)} examples, features {names})")
+        _build(folder, teacher, train, names, key, batch_size, collate, device, DTYPES[dtype])
+    cache = TeacherCache(folder, layers, heads)
+    log(f"mlkd_fast: teacher cache {folder}: {cache.bytes / 2**20:.1f} MiB")
+    return cache
+
+
+def _build(folder, teacher, train, names, key, batch_size, collate, device, np_dtype) -> None:
+    lengths = np.fromiter((len(x) for x in train["input_ids"]), dtype=np.int64, count=len(train))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    tmp = f"{folder}.tmp.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    np.save(os.path.join(tmp, "offsets.npy"), offsets)
+    parts = dict(token_embeddings="tok" in names, mha=any(n.startswith("mha") for n in names),
+                 qkv=any(n[0] in "qkv" and n[1:].isdigit() for n in names))
+    arrays: Dict[str, np.ndarray] = {}
+    was_training = teacher.training
+    teacher.eval()
+    row = 0
+    with torch.no_grad():
+        for batch in batches(train, np.arange(len(train)), batch_size, collate):
+            f = capture_features(teacher, {k: v.to(device) for k, v in batch.items()}, **parts)
+            n = batch["input_ids"].shape[0]
+            for name in names:
+                x = _extract(f, name).float().cpu().numpy()
+                if name not in arrays:
+                    shape = (len(train),) + x.shape[1:] if name in ROW_FEATURES else (int(offsets[-1]), x.shape[-1])
+                    arrays[name] = np.lib.format.open_memmap(os.path.join(tmp, name + ".npy"), mode="w+",
+                                                             dtype=np_dtype, shape=shape)
+                if name in ROW_FEATURES:
+                    arrays[name][row:row + n] = x
+                else:
+                    for i in range(n):
+                        a, b = offsets[row + i], offsets[row + i + 1]
+                        arrays[name][a:b] = x[i, : b - a]
+            row += n
+    teacher.train(was_training)
+    for a in arrays.values():
+        a.flush()
+    files = {}
+    for name in ["offsets"] + names:
+        path = os.path.join(tmp, name + ".npy")
+        files[name + ".npy"] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
+    save_json(os.path.join(tmp, "manifest.json"), dict(key, files=files))
+    fsync_dir(tmp)
+    try:
+        os.replace(tmp, folder)  # whole or not at all
+    except OSError:
+        if not os.path.exists(os.path.join(folder, "manifest.json")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same cache first
+    fsync_dir(os.path.dirname(folder) or ".")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+__all__ = ["TeacherCache", "open_or_build", "term_features", "VERSION", "DTYPES"]

@@ -1,0 +1,95 @@
+"""The teacher-output cache on tiny models: built once and reused (the teacher never runs again), the same
+losses and dev score as without it, a new cache when the teacher changes, a damaged file refused, the
+teacher-with-dropout recipe refused, and resume."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from tiny_bert import crash_at_save, one_thread, tiny_bert, tokenized_dataset  # noqa: F401 (fixture)
+
+from mlkd_fast import DistillConfig, build_student, distill
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _run(tmp_path, out, cache, teacher=None, seed=0, objective="mlkd", calls=None, **kw):
+    teacher = teacher or tiny_bert(layers=4, hidden=32, heads=4)
+    if calls is not None:
+        teacher.register_forward_hook(lambda *a: calls.append(1))
+    torch.manual_seed(seed)
+    student = build_student(teacher, 2, num_heads=2)
+    cfg = DistillConfig(objective=objective, stage1_epochs=1, stage2_epochs=2, batch_size=8, eval_batch_size=16,
+                        splits=4, learning_rate=5e-3, device="cpu", seed=seed,
+                        teacher_cache=str(tmp_path / "cache") if cache else None, **kw)
+    return distill(teacher, student, tokenized_dataset(24), eval_data=tokenized_dataset(8, seed=1), config=cfg,
+                   output_dir=str(tmp_path / out), backend="torch", progress=False)
+
+
+def _losses(res):
+    return [h["loss"] for h in res.history]
+
+
+def test_built_once_reused_and_equal_to_running_the_teacher(tmp_path):
+    plain = _run(tmp_path, "plain", cache=False)
+    calls = []
+    first = _run(tmp_path, "first", cache=True, calls=calls)
+    # the build runs the teacher over the 24 training rows in batches of 16 (2 calls); training never does;
+    # evaluation does not run the teacher either
+    assert len(calls) == 2
+    folders = os.listdir(tmp_path / "cache")
+    assert len(folders) == 1
+    manifest = json.loads((tmp_path / "cache" / folders[0] / "manifest.json").read_text())
+    assert {"tok", "hid0", "hid2", "hid4", "mha2", "mha4", "cls", "logits"} == set(manifest["names"])
+    for a, b in zip(_losses(plain), _losses(first)):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)  # fp32 rounding of the teacher over other batch shapes
+    assert first.best_metric == plain.best_metric
+    calls.clear()
+    again = _run(tmp_path, "again", cache=True, calls=calls, seed=1)  # another seed: the cache is read, not built
+    assert calls == [] and os.listdir(tmp_path / "cache") == folders and math.isfinite(again.history[-1]["loss"])
+
+
+def test_another_teacher_or_feature_set_gets_its_own_cache(tmp_path):
+    _run(tmp_path, "a", cache=True)
+    other = tiny_bert(layers=4, hidden=32, heads=4, seed=3)
+    _run(tmp_path, "b", cache=True, teacher=other)
+    _run(tmp_path, "c", cache=True, objective="kd")
+    assert len(os.listdir(tmp_path / "cache")) == 3
+
+
+def test_a_damaged_file_is_refused(tmp_path):
+    _run(tmp_path, "a", cache=True)
+    (folder,) = os.listdir(tmp_path / "cache")
+    path = tmp_path / "cache" / folder / "hid2.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="hid2.npy does not match its checksum"):
+        _run(tmp_path, "b", cache=True)
+
+
+def test_teacher_with_dropout_is_refused():
+    with pytest.raises(ValueError, match="teacher_cache cannot be used with teacher_mode='train'"):
+        DistillConfig(teacher_cache="x", teacher_mode="train").validate()
+
+
+def test_resume_with_the_cache_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    from mlkd_fast.train.checkpoint import load_state
+
+    full = _run(tmp_path, "full", cache=True, checkpoint_every=1)
+    with crash_at_save(monkeypatch, 4):
+        with pytest.raises(Exception):
+            _run(tmp_path, "cut", cache=True, checkpoint_every=1)
+    teacher = tiny_bert(layers=4, hidden=32, heads=4)
+    torch.manual_seed(0)
+    student = build_student(teacher, 2, num_heads=2)
+    cfg = DistillConfig(stage1_epochs=1, stage2_epochs=2, batch_size=8, eval_batch_size=16, splits=4,
+                        learning_rate=5e-3, device="cpu", seed=0, checkpoint_every=1,
+                        teacher_cache=str(tmp_path / "cache"))
+    resumed = distill(teacher, student, tokenized_dataset(24), eval_data=tokenized_dataset(8, seed=1), config=cfg,
+                      output_dir=str(tmp_path / "cut"), backend="torch", progress=False, resume=True)
+    assert _losses(resumed) == _losses(full)
+    a = load_state(str(tmp_path / "full"), "distill")["modules"]["model"]
+    b = load_state(str(tmp_path / "cut"), "distill")["modules"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
