@@ -118,8 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--objective", choices=tuple(OBJECTIVES), help="mlkd (default) or a rival: ft, kd, tinybert, minilmv2")
     ds.add_argument("--recipe", choices=tuple(RECIPES), help="a preset of the choices below: mlkd_fast (default) or authors")
     for name, allowed in CHOICES.items():
-        if name not in ("objective", "relations"):
+        if name not in ("objective", "relations", "teacher_cache_dtype"):
             ds.add_argument("--" + name.replace("_", "-"), choices=allowed, help=f"recipe choice (default {allowed[0]})")
+    ds.add_argument("--teacher-cache", help="folder for teacher-output caches: the teacher's features are computed "
+                    "once and read back by later epochs, stages, seeds and objectives")
+    ds.add_argument("--teacher-cache-max-gb", type=float, help="refuse to build a cache larger than this")
+    ds.add_argument("--teacher-cache-dtype", choices=CHOICES["teacher_cache_dtype"], help="cache storage (default fp32)")
     ds.add_argument("--kd-temperature", type=float, help="soft-label temperature T (default 1)")
     ds.add_argument("--minilm-teacher-layer", type=int, help="minilmv2: the teacher layer (default round(7/8 layers))")
     ds.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
@@ -204,7 +208,8 @@ COMMON_FLAGS = {
 }
 DISTILL_FLAGS = dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits",
                      relations="relations", objective="objective", recipe="recipe", kd_temperature="kd_temperature",
-                     minilm_teacher_layer="minilm_teacher_layer",
+                     minilm_teacher_layer="minilm_teacher_layer", teacher_cache="teacher_cache",
+                     teacher_cache_max_gb="teacher_cache_max_gb",
                      **{name: name for name in CHOICES if name not in ("objective", "relations")})
 
 

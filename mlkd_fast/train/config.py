@@ -172,6 +172,7 @@ class DistillConfig(_Common):
     # (teacher weights, training data, feature set) and read back instead of running the teacher; None = off
     teacher_cache: Optional[str] = None
     teacher_cache_dtype: str = "fp32"  # storage: fp32, or fp16 (half the disk; features rounded to fp16)
+    teacher_cache_max_gb: Optional[float] = None  # refuse to build a cache larger than this (None: no limit)
 
     def validate(self) -> None:
         super().validate()
@@ -208,6 +209,8 @@ class DistillConfig(_Common):
         if self.teacher_cache is not None:
             if not isinstance(self.teacher_cache, (str, os.PathLike)):
                 raise InputTypeError(f"teacher_cache must be a folder path or None, got {self.teacher_cache!r}")
+            if self.teacher_cache_max_gb is not None:
+                check_float("teacher_cache_max_gb", self.teacher_cache_max_gb)
             if self.teacher_mode == "train":
                 raise InputError("teacher_cache cannot be used with teacher_mode='train': a teacher with dropout on "
                                  "gives other features at every step, so cached ones would not be exact")

@@ -141,7 +141,7 @@ def _teacher_cache(cfg, teacher, run: Run, stages, layer_map, minilm_layer: int,
     depends_on = dict(teacher=run.settings["teacher_weights"], data=run.settings["train_data"],
                       mha_feature=cfg.mha_feature)
     args = dict(depends_on=depends_on, batch_size=cfg.eval_batch_size, collate=run.collate, device=run.device,
-                dtype=cfg.teacher_cache_dtype)
+                dtype=cfg.teacher_cache_dtype, max_gb=cfg.teacher_cache_max_gb)
     if run.dist.is_main:
         open_or_build(cfg.teacher_cache, teacher, run.train, names, **args)
     run.dist.barrier()

@@ -106,16 +106,33 @@ class TeacherCache:
         return out
 
 
+def estimated_bytes(teacher, train, names: Iterable[str], dtype: str = "fp32") -> int:
+    """The size a cache of `names` on `train` will have: token features x real tokens, row features x rows."""
+    tokens = sum(len(x) for x in train["input_ids"])
+    width, item = teacher.config.hidden_size, np.dtype(DTYPES[dtype]).itemsize
+    labels = max(1, int(getattr(teacher.config, "num_labels", 1)))
+    per_token = sum(1 if n in ("start", "end") else width for n in names if n not in ROW_FEATURES)
+    per_row = sum(width if n == "cls" else labels for n in names if n in ROW_FEATURES)
+    return (tokens * per_token + len(train) * per_row) * item + 8 * (len(train) + 1)
+
+
 def open_or_build(root: str, teacher, train, names: Iterable[str], *, depends_on: Dict, batch_size: int,
-                  collate: Collator, device, dtype: str = "fp32", log=print) -> TeacherCache:
-    """The cache of `teacher` on `train` for `names`, built first when no complete one exists under root."""
+                  collate: Collator, device, dtype: str = "fp32", max_gb: Optional[float] = None,
+                  log=print) -> TeacherCache:
+    """The cache of `teacher` on `train` for `names`, built first when no complete one exists under root
+    (refused when it would exceed max_gb)."""
     names = sorted(set(names))
     key = dict(depends_on, names=names, dtype=dtype, version=VERSION)
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = os.path.join(root, fingerprint)
     layers, heads = teacher.config.num_hidden_layers, teacher.config.num_attention_heads
     if not os.path.exists(os.path.join(folder, "manifest.json")):
-        log(f"mlkd_fast: building the teacher cache {folder} ({len(train)} examples, features {names})")
+        size = estimated_bytes(teacher, train, names, dtype)
+        if max_gb is not None and size > max_gb * 2**30:
+            raise InputError(f"the teacher cache would take {size / 2**30:.2f} GiB, over teacher_cache_max_gb={max_gb}: "
+                             "raise the budget, store fp16 (teacher_cache_dtype), or run without the cache")
+        log(f"mlkd_fast: building the teacher cache {folder} ({len(train)} examples, {size / 2**20:.1f} MiB, "
+            f"features {names})")
         _build(folder, teacher, train, names, key, batch_size, collate, device, DTYPES[dtype])
     cache = TeacherCache(folder, layers, heads)
     log(f"mlkd_fast: teacher cache {folder}: {cache.bytes / 2**20:.1f} MiB")
@@ -178,4 +195,4 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-__all__ = ["TeacherCache", "open_or_build", "term_features", "VERSION", "DTYPES"]
+__all__ = ["TeacherCache", "open_or_build", "estimated_bytes", "term_features", "VERSION", "DTYPES"]

@@ -93,3 +93,26 @@ def test_resume_with_the_cache_equals_the_uninterrupted_run(tmp_path, monkeypatc
     a = load_state(str(tmp_path / "full"), "distill")["modules"]["model"]
     b = load_state(str(tmp_path / "cut"), "distill")["modules"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_disk_budget_and_the_cli_flag(tmp_path, capsys):
+    with pytest.raises(ValueError, match="over teacher_cache_max_gb"):
+        _run(tmp_path, "a", cache=True, teacher_cache_max_gb=1e-6)
+    assert not (tmp_path / "cache").exists() or os.listdir(tmp_path / "cache") == []
+    from tiny_bert import tiny_tokenizer, write_mrpc
+
+    from mlkd_fast.cli import main
+
+    teacher = tmp_path / "teacher"
+    tiny_bert(layers=2).save_pretrained(teacher)
+    tiny_tokenizer(str(teacher)).save_pretrained(teacher)
+    glue = write_mrpc(str(tmp_path / "glue"))
+    args = ["distill", "--task", "mrpc", "--data-dir", glue, "--teacher", str(teacher), "--student-layers", "1",
+            "--splits", "4", "--stage1-epochs", "1", "--stage2-epochs", "1", "--batch-size", "8", "--device", "cpu",
+            "--no-progress", "--teacher-cache", str(tmp_path / "cli_cache"), "--teacher-cache-dtype", "fp16"]
+    assert main(args + ["--output-dir", str(tmp_path / "o1")]) == 0
+    out = capsys.readouterr().out
+    assert "building the teacher cache" in out and "MiB" in out
+    assert main(args + ["--output-dir", str(tmp_path / "o2")]) == 0
+    out = capsys.readouterr().out
+    assert "building" not in out and "teacher cache" in out  # the second run reads it
