@@ -173,6 +173,28 @@ def test_e2e_quick(tmp_path):
             assert r["status"].startswith("unavailable")
 
 
+def test_recipe_quick(tmp_path):
+    mod = load("benchmark_recipe")
+    assert mod.main(["--quick", "--out-dir", str(tmp_path), "--set-size", "64"]) == 0
+    rows = resultfile.read_csv(str(tmp_path / f"recipe_{hostinfo.machine_kind('cpu')}.csv"))
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert sorted((r["way"], r["stage"]) for r in steps) == [("authors", "1"), ("authors", "2"), ("project", "1"),
+                                                             ("project", "2")]
+    for r in steps:
+        assert float(r["step_ms"]) == pytest.approx(sum(float(r[f"{p}_ms"]) for p in mod.PHASES), rel=1e-3)
+    recipes = {r["epochs"]: r for r in rows if r["kind"] == "recipe"}
+    assert sorted(recipes) == ["20+15", "3+3"]
+    # the whole recipe is the build plus the epochs' steps: check the arithmetic of one row by hand
+    step = {(r["way"], r["stage"]): float(r["step_ms"]) / 1e3 for r in steps}
+    n_steps = -(-64 // 4)
+    r = recipes["3+3"]
+    assert float(r["authors_s"]) == pytest.approx(n_steps * 3 * (step["authors", "1"] + step["authors", "2"]), rel=1e-2, abs=0.2)
+    project = float(r["cache_build_s"]) + n_steps * 3 * (step["project", "1"] + step["project", "2"])
+    assert float(r["project_s"]) == pytest.approx(project, rel=1e-2, abs=0.2)
+    # the project's teacher phase reads the cache: it never runs the teacher
+    assert all(float(r["teacher_ms"]) < 50 for r in steps if r["way"] == "project")
+
+
 def test_plot_writes_pngs_and_summary(tmp_path):
     mod = load("benchmark_heads_latency")
     assert mod.main(["--quick", "--out-dir", str(tmp_path)]) == 0

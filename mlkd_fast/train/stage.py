@@ -6,7 +6,7 @@ hf.py): which features each model yields, the loss context, and the weighted sum
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -79,22 +79,27 @@ class StageObjective:
             return labels
         return torch.unique(labels, return_inverse=True)[1] if self.equal_score_positives else None
 
-    def __call__(self, teacher: nn.Module, student: nn.Module, batch, call: Optional[nn.Module] = None
-                 ) -> Tuple[torch.Tensor, Dict[str, float], Features]:
+    def __call__(self, teacher: nn.Module, student: nn.Module, batch, call: Optional[nn.Module] = None,
+                 clock: Optional[Callable[[str], None]] = None) -> Tuple[torch.Tensor, Dict[str, float], Features]:
         """(loss, per-term values, student features) of one batch. `call`: the module that runs the student
-        (e.g. its DistributedDataParallel wrapper), when not `student` itself."""
+        (e.g. its DistributedDataParallel wrapper), when not `student` itself. `clock(phase)`, when given, is
+        called as each phase ends ("teacher", "student", "loss"): the whole-recipe benchmark times them."""
+        tick = clock or (lambda phase: None)
         t_feat = None
         if self.uses_teacher and self.cache is not None:
             t_feat = self.cache.features(batch["index"], batch["input_ids"].shape[1], batch["input_ids"].device)
         elif self.uses_teacher:
             with torch.no_grad():
                 t_feat = capture_features(teacher, batch, **self.capture)
+        tick("teacher")
         s_feat = capture_features(student, batch, call=call, **self.capture)
+        tick("student")
         mask = batch["attention_mask"].bool()
         shares = self.context["dist"].shares({"token": int(mask.sum()), "sample": mask.shape[0]})
         ctx = LossContext(mask=mask, labels=self.positive_ids(batch.get("labels")), targets=targets(batch),
                           shares=shares, **self.context)
         loss, terms = stage_loss(self.weights, t_feat, s_feat, ctx)
+        tick("loss")
         return loss, terms, s_feat
 
 

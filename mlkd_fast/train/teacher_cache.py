@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
