@@ -35,7 +35,7 @@ import hostinfo  # noqa: E402
 import resultfile  # noqa: E402
 
 import mlkd_fast  # noqa: E402
-from mlkd_fast.data.batching import Collator, batches  # noqa: E402
+from mlkd_fast.data.batching import Collator  # noqa: E402
 from mlkd_fast.train.config import DistillConfig  # noqa: E402
 from mlkd_fast.train.objectives import DistillProjections  # noqa: E402
 from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context  # noqa: E402
