@@ -40,6 +40,9 @@ def test_one_row_end_to_end_on_tiny_models(tmp_path):
     # equal budgets in optimiser steps: 3 epochs of 24 rows in batches of 32
     assert kd["steps"] == mlkd["steps"] == "3" and (kd["stage1_epochs"], mlkd["stage1_epochs"]) == ("0", "1")
     assert 0 <= float(mlkd["dev_f1"]) <= 1 and mlkd["teacher_f1"] == kd["teacher_f1"] and mlkd["commit"]
+    # both rows read the teacher's features from one cache under the runs folder (one per feature set)
+    assert kd["teacher_cache"] == mlkd["teacher_cache"] == "yes"
+    assert len(os.listdir(tmp_path / "runs" / "cache")) == 2
     again = _run(RUN, "--objective", "mlkd", "--variant", "mlkd", *common)
     assert "not rerun" in again.stdout and len(list(csv.DictReader(open(results)))) == 2
     bad = _run(RUN, "--objective", "mlkd", "--task", "mrpc", "--set", "splits=4", check=False)

@@ -140,6 +140,10 @@ def main(argv=None) -> int:
                   max_seq_length=task_grid["max_seq_length"], eval_every=task_grid["eval_every"],
                   max_train_samples=task_grid.get("max_train_samples"), **budget(args.objective, task_grid))
     values.update(overrides(args.set))
+    if values.get("teacher_cache") and not os.path.isabs(values["teacher_cache"]):
+        values["teacher_cache"] = os.path.join(args.runs_dir, values["teacher_cache"])
+    if values.get("teacher_mode") == "train" or values.get("recipe") == "authors":
+        values["teacher_cache"] = None  # a teacher with dropout cannot be cached
     cfg = config_from_dict(DistillConfig, values)
     teacher, tokenizer = load_for_task(teacher_dir, get_task(task).num_labels)
     torch.manual_seed(args.seed)
@@ -171,6 +175,7 @@ def main(argv=None) -> int:
                f"{student.config.hidden_size}",
                student_from=os.path.relpath(args.student_dir, hostinfo.REPO_DIR) if args.student_dir else student_init,
                stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
+               teacher_cache="yes" if cfg.teacher_cache else "no",
                steps=sum(h["steps"] for h in result.history), metric=metric,
                **{f"dev_{k}": f"{v:.4f}" for k, v in scored.items() if k in METRICS},
                best_stage=best.get("stage"), best_step=best.get("step"),
