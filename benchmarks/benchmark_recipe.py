@@ -138,8 +138,8 @@ def recipe_rows(pair, length, batch_size, n, set_size, per_stage, build_s, devic
             med = {p: statistics.median(per_stage[stage][way][p]) for p in PHASES}
             step_s[way, stage] = sum(med.values())
             rows.append({"bench": "recipe", "kind": "step", "pair": pair, "L": length, "B": batch_size, "way": way,
-                         "stage": stage, **{f"{p}_ms": f"{1e3 * v:.2f}" for p, v in med.items()},
-                         "step_ms": f"{1e3 * step_s[way, stage]:.2f}", "device": device, "status": "ok"})
+                         "stage": stage, **{f"{p}_ms": f"{1e3 * v:.4f}" for p, v in med.items()},
+                         "step_ms": f"{1e3 * step_s[way, stage]:.4f}", "device": device, "status": "ok"})
     steps = -(-set_size // batch_size)
     build = build_s * set_size / n
     for e1, e2 in ((3, 3), (20, 15)):
