@@ -30,6 +30,7 @@ import resultfile  # noqa: E402
 from mlkd_fast import build_student, distill, evaluate, finetune, load_for_task  # noqa: E402
 from mlkd_fast.data import get_task, load_glue_split  # noqa: E402
 from mlkd_fast.train.config import OBJECTIVES, DistillConfig, FinetuneConfig, config_from_dict  # noqa: E402
+from mlkd_fast.train.atomic import save_json  # noqa: E402
 from mlkd_fast.train.models import pretrained_teacher_dir  # noqa: E402
 
 GRID = os.path.join(HERE, "grid.yaml")
@@ -103,15 +104,8 @@ def ensure_teacher(task: str, glue_dir: str, runs_dir: str, grid: dict, task_gri
     result = finetune(model, train, eval_data=dev, task=task, config=cfg, output_dir=out, tokenizer=tokenizer,
                       resume=resume, overwrite=not resume, progress=False)
     metrics = evaluate(result.model_dir, dev, task=task, max_seq_length=cfg.max_seq_length)
-    resultfile_json(metrics_file, {"settings": settings, "metrics": metrics})
+    save_json(metrics_file, {"settings": settings, "metrics": metrics})
     return result.model_dir, metrics
-
-
-def resultfile_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def budget(objective: str, task_grid: dict) -> dict:

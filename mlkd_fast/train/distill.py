@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from mlkd_fast.data.batching import Collator, num_batches
+from mlkd_fast.data.batching import Collator
 from mlkd_fast.data.prepare import prepare_splits
 from mlkd_fast.data.tasks import get_task
 from mlkd_fast.errors import InputError, InputTypeError
@@ -26,7 +26,7 @@ from mlkd_fast.ops import backends
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.config import DistillConfig, config_to_dict
 from mlkd_fast.train.distributed import Dist, check_global_batch
-from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
+from mlkd_fast.train.loop import Run, RunResult, run_phases
 from mlkd_fast.train.models import (
     as_model,
     check_fits,
@@ -36,12 +36,6 @@ from mlkd_fast.train.models import (
     resolve_device,
 )
 from mlkd_fast.train.objectives import DistillProjections
-from mlkd_fast.train.optim import (
-    constant_schedule,
-    linear_schedule,
-    make_optimizer,
-    optimized_params,
-)
 from mlkd_fast.train.rundir import (
     check_output_dir,
     data_fingerprint,
@@ -49,7 +43,7 @@ from mlkd_fast.train.rundir import (
     start_run,
     weights_fingerprint,
 )
-from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context
+from mlkd_fast.train.stage import check_objective_fits, loss_context, stage_phase
 from mlkd_fast.train.teacher_cache import open_or_build, term_features
 
 
@@ -129,7 +123,7 @@ def distill(
                   tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections}, dist=dist)
         context = loss_context(cfg, projections, layer_map, minilm_layer, regression, backend, dist)
         cache = _teacher_cache(cfg, teacher, run, stages, layer_map, minilm_layer, qa) if cfg.teacher_cache else None
-        phases = [_stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir, cache)
+        phases = [stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir, cache)
                   for s in stages]
         return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
@@ -142,35 +136,11 @@ def _teacher_cache(cfg, teacher, run: Run, stages, layer_map, minilm_layer: int,
                       mha_feature=cfg.mha_feature)
     args = dict(depends_on=depends_on, batch_size=cfg.eval_batch_size, collate=run.collate, device=run.device,
                 dtype=cfg.teacher_cache_dtype, max_gb=cfg.teacher_cache_max_gb)
-    if run.dist.is_main:
-        open_or_build(cfg.teacher_cache, teacher, run.train, names, **args)
+    cache = open_or_build(cfg.teacher_cache, teacher, run.train, names, **args) if run.dist.is_main else None
     run.dist.barrier()
-    return open_or_build(cfg.teacher_cache, teacher, run.train, names, log=lambda *_: None, **args)
-
-
-def _stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir, cache=None) -> Phase:
-    """Stage 1 or 2 of the objective as a phase: its terms, what it trains, its optimiser and schedule."""
-    objective = StageObjective(stage, cfg, context, cache)
-
-    def step(batch):
-        loss, terms, _ = objective(teacher, student, batch)
-        return loss, terms
-
-    extra = objective.trained_projections(projections, cfg)
-    trained = [student] if extra is None else [student, extra]
-    optimizer = make_optimizer(trained, cfg.learning_rate, cfg.weight_decay, cfg.optimizer, cfg.max_grad_norm)
-    epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
-    if stage == 1:
-        scheduler = constant_schedule(optimizer)
-    else:
-        steps = num_batches(train_rows, cfg.batch_size, context["dist"].world, cfg.drop_last) * epochs
-        scheduler = linear_schedule(optimizer, steps, cfg.warmup_proportion)
-    final = stage == stages[-1]
-    return Phase(stage=stage, label=f"stage {stage}", epochs=epochs, step=step, optimizer=optimizer,
-                 scheduler=scheduler, clip_params=optimized_params(optimizer), keep_best=final,
-                 # BertAdam clips each tensor itself: the loop's global norm is then only checked, not clipped
-                 max_grad_norm=float("inf") if cfg.optimizer == "bertadam" else None,
-                 save_at_end=None if final else os.path.join(output_dir, "stage1"))
+    if cache is None:  # the other ranks open what rank 0 built (rank 0 opened it once already)
+        cache = open_or_build(cfg.teacher_cache, teacher, run.train, names, log=lambda *_: None, **args)
+    return cache
 
 
 def _check_stages(stages, cfg: DistillConfig) -> tuple:

@@ -20,12 +20,11 @@ from mlkd_fast.ops import backends
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.config import DistillConfig, config_to_dict
 from mlkd_fast.train.distributed import Dist, check_global_batch
-from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
+from mlkd_fast.train.loop import Run, RunResult, run_phases
 from mlkd_fast.train.models import check_fits, pad_id, resolve_device
 from mlkd_fast.train.objectives import DistillProjections
-from mlkd_fast.train.optim import constant_schedule, make_optimizer, optimized_params
 from mlkd_fast.train.rundir import check_output_dir, data_fingerprint, model_shape, start_run, weights_fingerprint
-from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context
+from mlkd_fast.train.stage import check_objective_fits, loss_context, stage_phase
 
 
 @dataclass
@@ -89,18 +88,9 @@ def general_distill(
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=None, task=None,
                   collate=Collator(pad_id(teacher, tokenizer)), device=dist.device, tokenizer=tokenizer,
                   progress=progress, extra_modules={"projections": projections}, dist=dist)
-        objective = StageObjective(1, cfg, loss_context(cfg, projections, layer_map, minilm_layer, False, backend, dist))
-        extra = objective.trained_projections(projections, cfg)
-        optimizer = make_optimizer([student] if extra is None else [student, extra], cfg.learning_rate,
-                                   cfg.weight_decay, cfg.optimizer, cfg.max_grad_norm)
-
-        def step(batch):
-            loss, terms, _ = objective(teacher, student, batch)
-            return loss, terms
-
-        phase = Phase(stage=1, label="general", epochs=cfg.stage1_epochs, step=step, optimizer=optimizer,
-                      scheduler=constant_schedule(optimizer), clip_params=optimized_params(optimizer),
-                      max_grad_norm=float("inf") if cfg.optimizer == "bertadam" else None)
+        context = loss_context(cfg, projections, layer_map, minilm_layer, False, backend, dist)
+        phase = stage_phase(1, (1,), cfg, teacher, student, projections, context, len(train), output_dir,
+                            label="general")
         return GeneralDistillResult.of(run, run_phases(run, [phase], saved), student_dir=run.model_dir)
 
 

@@ -312,9 +312,7 @@ def _dev_metrics(run: Run) -> Optional[Dict[str, float]]:
     if run.dev is not None and run.dist.is_main:
         metrics = evaluate_model(run.model, run.dev, run.task, run.config.eval_batch_size, run.device,
                                  run.collate.pad_token_id)
-    metrics = run.dist.broadcast_object(metrics)
-    run.model.train()  # evaluation switched it to eval mode; a mid-epoch evaluation continues training
-    return metrics
+    return run.dist.broadcast_object(metrics)  # (evaluation restores the model's training mode itself)
 
 
 def _keep_if_best(run: Run, phase: Phase, state: RunState, record: Dict[str, Any]) -> None:

@@ -195,10 +195,10 @@ def soft_label_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
         pairs = ((t.start_logits, s.start_logits), (t.end_logits, s.end_logits))
         loss = sum(soft_cross_entropy(_masked(tl, ctx.mask), _masked(sl, ctx.mask), temperature=ctx.kd_temperature)
                    for tl, sl in pairs) / 2
-        return loss * ctx.kd_temperature ** 2 if ctx.kd_reduction == "batchmean" else loss
-    if ctx.is_regression:
+    elif ctx.is_regression:
         return F.mse_loss(_acc(s.logits).view(-1), _acc(t.logits).view(-1))
-    loss = soft_cross_entropy(t.logits, s.logits, temperature=ctx.kd_temperature, reduction=ctx.kd_reduction)
+    else:
+        loss = soft_cross_entropy(t.logits, s.logits, temperature=ctx.kd_temperature, reduction=ctx.kd_reduction)
     return loss * ctx.kd_temperature ** 2 if ctx.kd_reduction == "batchmean" else loss
 
 

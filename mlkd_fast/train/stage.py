@@ -6,11 +6,13 @@ hf.py): which features each model yields, the loss context, and the weighted sum
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from mlkd_fast.data.batching import num_batches
 from mlkd_fast.errors import InputError
 from mlkd_fast.train.capture import capture_features
 from mlkd_fast.train.config import KD_REDUCTION, DistillConfig
@@ -18,7 +20,9 @@ from mlkd_fast.train.distributed import SINGLE, Dist
 from mlkd_fast.train.encoders import encoder_layout
 from mlkd_fast.train.features import Features
 from mlkd_fast.train.layer_map import resolve_layer_map
+from mlkd_fast.train.loop import Phase
 from mlkd_fast.train.objectives import DistillProjections, LossContext, stage_loss, stage_needs
+from mlkd_fast.train.optim import constant_schedule, linear_schedule, make_optimizer, optimized_params
 
 
 def check_objective_fits(teacher, student, cfg: DistillConfig, stages: Sequence[int]) -> Tuple[tuple, int]:
@@ -110,4 +114,32 @@ def targets(batch) -> Optional[torch.Tensor]:
     return batch.get("labels")
 
 
-__all__ = ["StageObjective", "check_objective_fits", "loss_context", "targets"]
+def stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir, cache=None,
+                label: Optional[str] = None) -> Phase:
+    """Stage 1 or 2 of the objective as a phase of the loop: its terms, what it trains, its optimiser and
+    schedule (stage 1 at a constant lr, stage 2 with linear decay after warm-up). The last of `stages` keeps
+    the best model; an earlier one saves its model to <output_dir>/stage1 when it ends."""
+    objective = StageObjective(stage, cfg, context, cache)
+
+    def step(batch):
+        loss, terms, _ = objective(teacher, student, batch)
+        return loss, terms
+
+    extra = objective.trained_projections(projections, cfg)
+    trained = [student] if extra is None else [student, extra]
+    optimizer = make_optimizer(trained, cfg.learning_rate, cfg.weight_decay, cfg.optimizer, cfg.max_grad_norm)
+    epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
+    if stage == 1:
+        scheduler = constant_schedule(optimizer)
+    else:
+        steps = num_batches(train_rows, cfg.batch_size, context["dist"].world, cfg.drop_last) * epochs
+        scheduler = linear_schedule(optimizer, steps, cfg.warmup_proportion)
+    final = stage == stages[-1]
+    return Phase(stage=stage, label=label or f"stage {stage}", epochs=epochs, step=step, optimizer=optimizer,
+                 scheduler=scheduler, clip_params=optimized_params(optimizer), keep_best=final,
+                 # BertAdam clips each tensor itself: the loop's global norm is then only checked, not clipped
+                 max_grad_norm=float("inf") if cfg.optimizer == "bertadam" else None,
+                 save_at_end=None if final else os.path.join(output_dir, "stage1"))
+
+
+__all__ = ["StageObjective", "check_objective_fits", "loss_context", "stage_phase", "targets"]

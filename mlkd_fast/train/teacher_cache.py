@@ -67,11 +67,11 @@ def _extract(f: Features, name: str) -> torch.Tensor:
 class TeacherCache:
     """An opened (checked) cache: `features(index, length, device)` rebuilds a batch's teacher Features."""
 
-    def __init__(self, folder: str, teacher_layers: int, heads: int):
+    def __init__(self, folder: str, teacher_layers: int, heads: int, verify: bool = True):
         self.folder = folder
         with open(os.path.join(folder, "manifest.json")) as f:
             self.manifest = json.load(f)
-        for name, meta in self.manifest["files"].items():
+        for name, meta in self.manifest["files"].items() if verify else ():
             if _sha256(os.path.join(folder, name)) != meta["sha256"]:
                 raise InputError(f"teacher cache file {os.path.join(folder, name)} does not match its checksum "
                                  "(damaged or changed on disk): delete the folder to rebuild it")
@@ -126,6 +126,7 @@ def open_or_build(root: str, teacher, train, names: Iterable[str], *, depends_on
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = os.path.join(root, fingerprint)
     layers, heads = teacher.config.num_hidden_layers, teacher.config.num_attention_heads
+    placed = False  # True when this call wrote the folder (its files were hashed as they were written)
     if not os.path.exists(os.path.join(folder, "manifest.json")):
         size = estimated_bytes(teacher, train, names, dtype)
         if max_gb is not None and size > max_gb * 2**30:
@@ -133,13 +134,14 @@ def open_or_build(root: str, teacher, train, names: Iterable[str], *, depends_on
                              "raise the budget, store fp16 (teacher_cache_dtype), or run without the cache")
         log(f"mlkd_fast: building the teacher cache {folder} ({len(train)} examples, {size / 2**20:.1f} MiB, "
             f"features {names})")
-        _build(folder, teacher, train, names, key, batch_size, collate, device, DTYPES[dtype])
-    cache = TeacherCache(folder, layers, heads)
+        placed = _build(folder, teacher, train, names, key, batch_size, collate, device, DTYPES[dtype])
+    cache = TeacherCache(folder, layers, heads, verify=not placed)
     log(f"mlkd_fast: teacher cache {folder}: {cache.bytes / 2**20:.1f} MiB")
     return cache
 
 
-def _build(folder, teacher, train, names, key, batch_size, collate, device, np_dtype) -> None:
+def _build(folder, teacher, train, names, key, batch_size, collate, device, np_dtype) -> bool:
+    """Writes the cache; True when this call's folder was renamed into place (False: another process won)."""
     lengths = np.fromiter((len(x) for x in train["input_ids"]), dtype=np.int64, count=len(train))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     tmp = f"{folder}.tmp.{os.getpid()}"
@@ -184,7 +186,9 @@ def _build(folder, teacher, train, names, key, batch_size, collate, device, np_d
         if not os.path.exists(os.path.join(folder, "manifest.json")):
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same cache first
+        return False
     fsync_dir(os.path.dirname(folder) or ".")
+    return True
 
 
 def _sha256(path: str) -> str:
