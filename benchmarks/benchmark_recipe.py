@@ -4,7 +4,8 @@
     python benchmarks/benchmark_recipe.py --quick    # seconds (CI)
 
 The project's way: sdpa attention, the fused ops ("cpp" on CPU, "triton" on CUDA), and the teacher-output
-cache (train/teacher_cache.py). The authors' way: eager attention, the eager reference loss terms, the
+cache (train/teacher_cache.py), in fp32 ("project") and with bf16 autocast ("project-bf16": `precision:
+bf16`, the cache's reads, the student's forward and the loss under autocast). The authors' way: eager attention, the eager reference loss terms, the
 teacher run at every step. Both run the library's own stage objective (train/stage.py) with AdamW on the
 same synthetic training set (N examples, random lengths in [L/2, L], random weights: timing does not
 depend on them), one step of each way in turn, each phase timed: data (collation), teacher (forward, or
@@ -15,7 +16,7 @@ Whole recipe of E1 + E2 epochs of S steps each (S = the training set / batch):
     authors = S * (E1 * t1 + E2 * t2)
     project = build + S * (E1 * t1' + E2 * t2')
 where t1, t2 are the measured median step times (with data) and build is the measured build time scaled
-from N examples to the training set. Reported for 3 + 3 and the paper's 20 + 15 epochs, both from the
+from N examples to the training set (built once, by "project"; "project-bf16" reads the same fp32 cache). Reported for 3 + 3 and the paper's 20 + 15 epochs, both from the
 measured step and build times (an extrapolation to the set size: say so wherever quoted).
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ import mlkd_fast  # noqa: E402
 from mlkd_fast.data.batching import Collator  # noqa: E402
 from mlkd_fast.train.config import DistillConfig  # noqa: E402
 from mlkd_fast.train.objectives import DistillProjections  # noqa: E402
+from mlkd_fast.train.precision import Precision  # noqa: E402
 from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context  # noqa: E402
 from mlkd_fast.train.teacher_cache import open_or_build, term_features  # noqa: E402
 
@@ -48,7 +50,7 @@ PAIRS = {
     "tiny": ((2, 96, 4, 192), (1, 48, 4, 96)),
 }
 PHASES = ("data", "teacher", "student", "loss", "backward", "optimizer")
-WAYS = ("authors", "project")
+WAYS = ("authors", "project", "project-bf16")
 
 
 def bert(shape, attn: str):
@@ -87,7 +89,8 @@ class Way:
         backend = "torch" if way == "authors" else ("triton" if device == "cuda" else "cpp")
         context = loss_context(cfg, proj, layer_map, minilm, False, backend)
         self.build_s, cache = 0.0, None
-        if way == "project":
+        self.amp = Precision("bf16" if way.endswith("bf16") else "fp32", torch.device(device))
+        if way != "authors":
             names = {n for s in (1, 2) for t in cfg.weights(s) for n in term_features(t, layer_map, minilm, False)}
             start = time.perf_counter()
             cache = open_or_build(cache_root, self.teacher, train, names, depends_on={"pair": pair}, batch_size=32,
@@ -99,7 +102,8 @@ class Way:
     def step(self, stage: int, rows, clock) -> None:
         batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
         clock("data")
-        loss, _, _ = self.objectives[stage](self.teacher, self.student, batch, clock=clock)
+        with self.amp.autocast():
+            loss, _, _ = self.objectives[stage](self.teacher, self.student, batch, clock=clock)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clock("backward")
@@ -142,14 +146,15 @@ def recipe_rows(pair, length, batch_size, n, set_size, per_stage, build_s, devic
                          "step_ms": f"{1e3 * step_s[way, stage]:.4f}", "device": device, "status": "ok"})
     steps = -(-set_size // batch_size)
     build = build_s * set_size / n
-    for e1, e2 in ((3, 3), (20, 15)):
-        authors = steps * (e1 * step_s["authors", 1] + e2 * step_s["authors", 2])
-        project = build + steps * (e1 * step_s["project", 1] + e2 * step_s["project", 2])
-        rows.append({"bench": "recipe", "kind": "recipe", "pair": pair, "L": length, "B": batch_size,
-                     "epochs": f"{e1}+{e2}", "set_size": set_size, "authors_s": f"{authors:.1f}",
-                     "project_s": f"{project:.1f}", "cache_build_s": f"{build:.1f}",
-                     "speedup": f"{authors / project:.2f}", "device": device, "status": "ok",
-                     "note": "extrapolated from measured step and build times"})
+    for way in WAYS[1:]:
+        for e1, e2 in ((3, 3), (20, 15)):
+            authors = steps * (e1 * step_s["authors", 1] + e2 * step_s["authors", 2])
+            project = build + steps * (e1 * step_s[way, 1] + e2 * step_s[way, 2])
+            rows.append({"bench": "recipe", "kind": "recipe", "pair": pair, "L": length, "B": batch_size, "way": way,
+                         "epochs": f"{e1}+{e2}", "set_size": set_size, "authors_s": f"{authors:.1f}",
+                         "project_s": f"{project:.1f}", "cache_build_s": f"{build:.1f}",
+                         "speedup": f"{authors / project:.2f}", "device": device, "status": "ok",
+                         "note": "extrapolated from measured step and build times"})
     return rows
 
 
@@ -172,7 +177,7 @@ def run(args):
                           + " ".join(f"{p} {r[p + '_ms']}" for p in PHASES))
                 else:
                     print(f"  {pair} L={length} {r['epochs']} epochs of {r['set_size']} examples: authors "
-                          f"{r['authors_s']} s, project {r['project_s']} s (cache build {r['cache_build_s']} s): "
+                          f"{r['authors_s']} s, {r['way']} {r['project_s']} s (cache build {r['cache_build_s']} s): "
                           f"x{r['speedup']}")
             finished = [{k: str(v) for k, v in dict(r, **hostinfo.machine_info(device), timestamp=hostinfo.now()).items()}
                         for r in rows]

@@ -8,6 +8,7 @@ Writes, next to the CSVs:
   <op>_<machine>.png          time (fwd, fwd+bwd) and peak memory vs L (or B) per backend
   heads_latency_<machine>.png latency vs number of heads, per batch size
   e2e_<machine>.png           training-step time per phase, reference vs fused
+  recipe_<machine>.png        the whole recipe's step per phase, the authors' way vs the project's
   summary_<machine>.md        the tables quoted in the README
 When a CSV holds several runs of the same shape, the latest row wins.
 """
@@ -124,27 +125,37 @@ def plot_heads(plt, rows, png: str, machine: str) -> bool:
     return save(plt, fig, png, f"student inference latency vs heads on {machine}")
 
 
-def plot_e2e(plt, rows, png: str, machine: str) -> bool:
-    rows = [r for r in latest(rows, ("pair", "L", "B", "stage", "backend")) if ok(r)]
+def plot_phases(plt, rows, png: str, phases, label_keys, title: str) -> bool:
+    """One stacked bar of per-phase median times (`<phase>_ms` columns) per row, labelled by label_keys."""
     if not rows:
         return False
-    phases = ("teacher_fwd", "student_fwd", "loss", "backward", "optimizer")
-    labels, bottoms = [], []
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4.8))
     for i, r in enumerate(rows):
-        labels.append(f"{r['pair']} L={r['L']}\nstage {r['stage']}\n{r['backend']}")
         bottom = 0.0
         for j, ph in enumerate(phases):
             v = float(r.get(f"{ph}_ms") or 0.0)
             ax.bar(i, v, bottom=bottom, color=f"C{j}", label=ph if i == 0 else None)
             bottom += v
-        bottoms.append(bottom)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xticklabels(["\n".join(f"{k}={r[k]}" if k in ("L", "stage") else r[k] for k in label_keys) for r in rows],
+                       fontsize=7)
     ax.set_ylabel("median phase time (ms)")
-    ax.set_title(f"MLKD training step, reference vs fused backend, on {machine}", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return save(plt, fig, png)
+
+
+def plot_e2e(plt, rows, png: str, machine: str) -> bool:
+    rows = [r for r in latest(rows, ("pair", "L", "B", "stage", "backend")) if ok(r)]
+    return plot_phases(plt, rows, png, ("teacher_fwd", "student_fwd", "loss", "backward", "optimizer"),
+                       ("pair", "L", "stage", "backend"), f"MLKD training step, reference vs fused backend, on {machine}")
+
+
+def plot_recipe(plt, rows, png: str, machine: str) -> bool:
+    rows = [r for r in latest(rows, ("kind", "pair", "L", "B", "way", "stage", "epochs")) if r["kind"] == "step"
+            and r["status"] == "ok"]
+    return plot_phases(plt, rows, png, ("data", "teacher", "student", "loss", "backward", "optimizer"),
+                       ("pair", "L", "stage", "way"), f"one step of the recipe, authors' way vs the project's, on {machine}")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -224,6 +235,39 @@ def e2e_table(rows) -> List[str]:
     return out + [""]
 
 
+def recipe_table(rows) -> List[str]:
+    rows = [r for r in latest(rows, ("kind", "pair", "L", "B", "way", "stage", "epochs")) if r["status"] == "ok"]
+    steps = [r for r in rows if r["kind"] == "step"]
+    recipes = [r for r in rows if r["kind"] == "recipe"]
+    if not steps:
+        return []
+    phases = ("data", "teacher", "student", "loss", "backward", "optimizer")
+    out = ["#### whole recipe: one step per phase (median ms)", "",
+           "| pair | L | B | way | stage | " + " | ".join(phases) + " | step |", "|" + "---|" * (6 + len(phases))]
+    for r in steps:
+        out.append(f"| {r['pair']} | {r['L']} | {r['B']} | {r['way']} | {r['stage']} | "
+                   + " | ".join(_fmt(r[f"{p}_ms"]) for p in phases) + f" | {_fmt(r['step_ms'])} |")
+    out += ["", "#### whole recipe: data to distilled student (s, extrapolated from the step and cache-build times)", "",
+            "| pair | L | epochs | authors' way | project way | of which cache build | speed-up |", "|---|---|---|---|---|---|---|"]
+    for r in recipes:
+        out.append(f"| {r['pair']} | {r['L']} | {r['epochs']} | {r['authors_s']} | {r['way']}: {r['project_s']} | "
+                   f"{r['cache_build_s']} | {r['speedup']}x |")
+    return out + [""]
+
+
+def cache_reuse_table(rows) -> List[str]:
+    rows = [r for r in latest(rows, ("objective", "cache", "seed", "teacher")) if r["status"] == "ok"]
+    if not rows:
+        return []
+    r0 = rows[0]
+    out = [f"#### distill() end to end with a filled teacher cache (teacher {r0['teacher']}, 1-layer student, "
+           f"{r0['examples']} examples, L <= {r0['L']}, {r0['epochs']} epochs, median of {r0['repeats']})", "",
+           "| objective | cache | seed | wall s | speed-up vs no cache |", "|---|---|---|---|---|"]
+    out += [f"| {r['objective']} | {r['cache']} | {r['seed']} | {_fmt(r['wall_s'], 2)} | {_fmt(r['speedup_vs_no_cache'], 2)}x |"
+            for r in rows]
+    return out + [""]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default=resultfile.RESULTS_DIR, help="folder with the CSVs (default benchmarks/results)")
@@ -243,7 +287,7 @@ def main(argv=None):
     for machine in machines:
         table: List[str] = []
         desc = ""
-        for name in list(OPS) + ["heads_latency", "e2e"]:
+        for name in list(OPS) + ["heads_latency", "e2e", "recipe", "cache_reuse"]:
             path = os.path.join(args.dir, f"{name}_{machine}.csv")
             if not os.path.exists(path):
                 continue
@@ -262,9 +306,15 @@ def main(argv=None):
             elif name == "heads_latency":
                 made = plot_heads(plt, rows, png, machine)
                 table += heads_table(rows)
-            else:
+            elif name == "e2e":
                 made = plot_e2e(plt, rows, png, machine)
                 table += e2e_table(rows)
+            elif name == "recipe":
+                made = plot_recipe(plt, rows, png, machine)
+                table += recipe_table(rows)
+            else:
+                made = False
+                table += cache_reuse_table(rows)
             if made:
                 print(f"wrote {png}")
         md = os.path.join(args.dir, f"summary_{machine}.md")

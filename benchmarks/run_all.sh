@@ -15,7 +15,7 @@ OUT=benchmarks/results
 for a in "$@"; do
     if [ "$a" = "--quick" ]; then OUT=$("$PY" -c "import tempfile, os; print(os.path.join(tempfile.gettempdir(), 'mlkd_fast_bench_quick'))"); fi
 done
-for b in relation_kl sample_relation_kl sample_contrastive heads_latency e2e recipe; do
+for b in relation_kl sample_relation_kl sample_contrastive heads_latency e2e recipe cache_reuse; do
     start=$(date +%s)
     "$PY" benchmarks/benchmark_$b.py "$@"
     echo "benchmark_$b.py: $(( $(date +%s) - start )) s"

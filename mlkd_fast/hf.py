@@ -15,6 +15,7 @@ schedule for stage 2), and under DDP the sample relations (L_SS, L_SC) span each
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Dict, Optional
 
@@ -25,6 +26,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import backends
+from mlkd_fast.train.atomic import write_bytes
 from mlkd_fast.train.config import DistillConfig
 from mlkd_fast.train.models import check_classifier
 from mlkd_fast.train.objectives import DistillProjections
@@ -124,9 +126,9 @@ class MLKDTrainer(transformers.Trainer):
         super()._save_checkpoint(model, trial, *args, **kwargs)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            tmp = os.path.join(folder, PROJECTIONS_FILE + ".tmp")
-            torch.save(self.projections.state_dict(), tmp)
-            os.replace(tmp, os.path.join(folder, PROJECTIONS_FILE))  # never a half-written file
+            buffer = io.BytesIO()
+            torch.save(self.projections.state_dict(), buffer)
+            write_bytes(os.path.join(folder, PROJECTIONS_FILE), buffer.getvalue())  # never a half-written file
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -178,30 +178,44 @@ def test_recipe_quick(tmp_path):
     assert mod.main(["--quick", "--out-dir", str(tmp_path), "--set-size", "64"]) == 0
     rows = resultfile.read_csv(str(tmp_path / f"recipe_{hostinfo.machine_kind('cpu')}.csv"))
     steps = [r for r in rows if r["kind"] == "step"]
-    assert sorted((r["way"], r["stage"]) for r in steps) == [("authors", "1"), ("authors", "2"), ("project", "1"),
-                                                             ("project", "2")]
+    assert sorted((r["way"], r["stage"]) for r in steps) == [(w, s) for w in sorted(mod.WAYS) for s in "12"]
     for r in steps:
         assert float(r["step_ms"]) == pytest.approx(sum(float(r[f"{p}_ms"]) for p in mod.PHASES), rel=1e-3)
-    recipes = {r["epochs"]: r for r in rows if r["kind"] == "recipe"}
-    assert sorted(recipes) == ["20+15", "3+3"]
-    # the whole recipe is the build plus the epochs' steps: check the arithmetic of one row by hand
+    recipes = {(r["way"], r["epochs"]): r for r in rows if r["kind"] == "recipe"}
+    assert sorted(recipes) == [(w, e) for w in ("project", "project-bf16") for e in ("20+15", "3+3")]
+    # the whole recipe is the build plus the epochs' steps: check the arithmetic of the rows by hand
     step = {(r["way"], r["stage"]): float(r["step_ms"]) / 1e3 for r in steps}
     n_steps = -(-64 // 4)
-    r = recipes["3+3"]
-    assert float(r["authors_s"]) == pytest.approx(n_steps * 3 * (step["authors", "1"] + step["authors", "2"]), rel=1e-2, abs=0.2)
-    project = float(r["cache_build_s"]) + n_steps * 3 * (step["project", "1"] + step["project", "2"])
-    assert float(r["project_s"]) == pytest.approx(project, rel=1e-2, abs=0.2)
+    for way in ("project", "project-bf16"):
+        r = recipes[way, "3+3"]
+        assert float(r["authors_s"]) == pytest.approx(n_steps * 3 * (step["authors", "1"] + step["authors", "2"]), rel=1e-2, abs=0.2)
+        project = float(r["cache_build_s"]) + n_steps * 3 * (step[way, "1"] + step[way, "2"])
+        assert float(r["project_s"]) == pytest.approx(project, rel=1e-2, abs=0.2)
     # the project's teacher phase reads the cache: it never runs the teacher
-    assert all(float(r["teacher_ms"]) < 50 for r in steps if r["way"] == "project")
+    assert all(float(r["teacher_ms"]) < 50 for r in steps if r["way"] != "authors")
+
+
+def test_cache_reuse_quick(tmp_path):
+    mod = load("benchmark_cache_reuse")
+    assert mod.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    rows = resultfile.read_csv(str(tmp_path / f"cache_reuse_{hostinfo.machine_kind('cpu')}.csv"))
+    assert sorted((r["objective"], r["cache"]) for r in rows) == [("kd", "none"), ("kd", "read"), ("mlkd", "build"),
+                                                                  ("mlkd", "none"), ("mlkd", "read")]
+    for r in rows:  # the speed-up is the no-cache run's time over this run's
+        base = next(float(x["wall_s"]) for x in rows if (x["objective"], x["cache"]) == (r["objective"], "none"))
+        assert float(r["speedup_vs_no_cache"]) == pytest.approx(base / float(r["wall_s"]), abs=0.01)
 
 
 def test_plot_writes_pngs_and_summary(tmp_path):
     mod = load("benchmark_heads_latency")
     assert mod.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    assert load("benchmark_recipe").main(["--quick", "--out-dir", str(tmp_path), "--set-size", "64"]) == 0
     load("plot").main(["--dir", str(tmp_path)])
     kind = hostinfo.machine_kind("cpu")
-    assert (tmp_path / f"heads_latency_{kind}.png").stat().st_size > 1000
-    assert "heads vs latency" in (tmp_path / f"summary_{kind}.md").read_text()
+    for name in ("heads_latency", "recipe"):
+        assert (tmp_path / f"{name}_{kind}.png").stat().st_size > 1000
+    summary = (tmp_path / f"summary_{kind}.md").read_text()
+    assert "heads vs latency" in summary and "whole recipe: data to distilled student" in summary
 
 
 def test_a_failed_measurement_makes_the_exit_status_non_zero(capsys):

@@ -2,8 +2,10 @@
 the features the enabled loss terms read are computed once, stored, and read back by later epochs, stages,
 seeds and objectives instead of running the teacher.
 
-One cache is a folder named by its fingerprint (teacher weights, training data's token ids, feature set,
-storage dtype, format version) under the cache root:
+One cache is a folder under the cache root named `<source>-<features>`: the fingerprint of what the
+features depend on (teacher weights, training data's token ids, storage dtype, format version), then that of
+the feature set. A run opens any complete folder of its source whose features include the ones it needs, so
+an objective that reads fewer features (kd: logits) reuses the cache another objective (mlkd) built:
     manifest.json   what the features depend on, and per file its shape, dtype and sha256
     offsets.npy     int64 (N + 1,): example i's tokens are rows offsets[i]:offsets[i + 1] of a token file
     <name>.npy      token features (T, D), trimmed to each example's real tokens; or row features (N, C)
@@ -65,18 +67,19 @@ def _extract(f: Features, name: str) -> torch.Tensor:
 
 
 class TeacherCache:
-    """An opened (checked) cache: `features(index, length, device)` rebuilds a batch's teacher Features."""
+    """An opened (checked) cache: `features(index, length, device)` rebuilds a batch's teacher Features from
+    the files of `names` (the folder may hold more)."""
 
-    def __init__(self, folder: str, teacher_layers: int, heads: int, verify: bool = True):
+    def __init__(self, folder: str, teacher_layers: int, heads: int, names: Sequence[str], verify: bool = True):
         self.folder = folder
         with open(os.path.join(folder, "manifest.json")) as f:
             self.manifest = json.load(f)
-        for name, meta in self.manifest["files"].items() if verify else ():
-            if _sha256(os.path.join(folder, name)) != meta["sha256"]:
+        for name in ["offsets.npy"] + [n + ".npy" for n in names] if verify else ():  # the files read
+            if _sha256(os.path.join(folder, name)) != self.manifest["files"][name]["sha256"]:
                 raise InputError(f"teacher cache file {os.path.join(folder, name)} does not match its checksum "
                                  "(damaged or changed on disk): delete the folder to rebuild it")
         self.offsets = np.load(os.path.join(folder, "offsets.npy"))
-        self.arrays = {n: np.load(os.path.join(folder, n + ".npy"), mmap_mode="r") for n in self.manifest["names"]}
+        self.arrays = {n: np.load(os.path.join(folder, n + ".npy"), mmap_mode="r") for n in names}
         self.layers, self.heads = teacher_layers, heads
 
     @property
@@ -122,12 +125,14 @@ def open_or_build(root: str, teacher, train, names: Iterable[str], *, depends_on
     """The cache of `teacher` on `train` for `names`, built first when no complete one exists under root
     (refused when it would exceed max_gb)."""
     names = sorted(set(names))
-    key = dict(depends_on, names=names, dtype=dtype, version=VERSION)
-    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    folder = os.path.join(root, fingerprint)
+    source = dict(depends_on, dtype=dtype, version=VERSION)
+    key = dict(source, names=names)
+    prefix = _digest(source)
     layers, heads = teacher.config.num_hidden_layers, teacher.config.num_attention_heads
     placed = False  # True when this call wrote the folder (its files were hashed as they were written)
-    if not os.path.exists(os.path.join(folder, "manifest.json")):
+    folder = _covering(root, prefix, names)
+    if folder is None:
+        folder = os.path.join(root, f"{prefix}-{_digest(names)[:8]}")
         size = estimated_bytes(teacher, train, names, dtype)
         if max_gb is not None and size > max_gb * 2**30:
             raise InputError(f"the teacher cache would take {size / 2**30:.2f} GiB, over teacher_cache_max_gb={max_gb}: "
@@ -135,9 +140,26 @@ def open_or_build(root: str, teacher, train, names: Iterable[str], *, depends_on
         log(f"mlkd_fast: building the teacher cache {folder} ({len(train)} examples, {size / 2**20:.1f} MiB, "
             f"features {names})")
         placed = _build(folder, teacher, train, names, key, batch_size, collate, device, DTYPES[dtype])
-    cache = TeacherCache(folder, layers, heads, verify=not placed)
+    cache = TeacherCache(folder, layers, heads, names, verify=not placed)
     log(f"mlkd_fast: teacher cache {folder}: {cache.bytes / 2**20:.1f} MiB")
     return cache
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _covering(root: str, prefix: str, names: List[str]) -> Optional[str]:
+    """A complete cache folder of this source holding every one of `names` (the smallest such), or None."""
+    found = []
+    for entry in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+        manifest = os.path.join(root, entry, "manifest.json")
+        if entry.startswith(prefix + "-") and ".tmp." not in entry and os.path.exists(manifest):
+            with open(manifest) as f:
+                held = json.load(f)["names"]
+            if set(names) <= set(held):
+                found.append((len(held), os.path.join(root, entry)))
+    return min(found)[1] if found else None
 
 
 def _build(folder, teacher, train, names, key, batch_size, collate, device, np_dtype) -> bool:

@@ -14,7 +14,7 @@ from mlkd_fast import DistillConfig, build_student, distill
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(tmp_path, out, cache, teacher=None, seed=0, objective="mlkd", calls=None, **kw):
+def _run(tmp_path, out, cache, teacher=None, seed=0, objective="mlkd", calls=None, train=None, root="cache", **kw):
     teacher = teacher or tiny_bert(layers=4, hidden=32, heads=4)
     if calls is not None:
         teacher.register_forward_hook(lambda *a: calls.append(1))
@@ -22,8 +22,8 @@ def _run(tmp_path, out, cache, teacher=None, seed=0, objective="mlkd", calls=Non
     student = build_student(teacher, 2, num_heads=2)
     cfg = DistillConfig(objective=objective, stage1_epochs=1, stage2_epochs=2, batch_size=8, eval_batch_size=16,
                         splits=4, learning_rate=5e-3, device="cpu", seed=seed,
-                        teacher_cache=str(tmp_path / "cache") if cache else None, **kw)
-    return distill(teacher, student, tokenized_dataset(24), eval_data=tokenized_dataset(8, seed=1), config=cfg,
+                        teacher_cache=str(tmp_path / root) if cache else None, **kw)
+    return distill(teacher, student, train or tokenized_dataset(24), eval_data=tokenized_dataset(8, seed=1), config=cfg,
                    output_dir=str(tmp_path / out), backend="torch", progress=False)
 
 
@@ -48,22 +48,39 @@ def test_built_once_reused_and_equal_to_running_the_teacher(tmp_path):
     calls.clear()
     again = _run(tmp_path, "again", cache=True, calls=calls, seed=1)  # another seed: the cache is read, not built
     assert calls == [] and os.listdir(tmp_path / "cache") == folders and math.isfinite(again.history[-1]["loss"])
+    same = _run(tmp_path, "same", cache=True, calls=calls)  # the first run's seed again, reading: bitwise equal
+    assert calls == [] and _losses(same) == _losses(first)
 
 
-def test_another_teacher_or_feature_set_gets_its_own_cache(tmp_path):
+def test_an_objective_needing_fewer_features_reads_a_larger_cache_bitwise(tmp_path):
+    own = _run(tmp_path, "own", cache=True, objective="kd", root="kd_cache")  # kd builds a cache of logits only
+    _run(tmp_path, "mlkd", cache=True)
+    calls = []
+    shared = _run(tmp_path, "shared", cache=True, objective="kd", calls=calls)  # kd reads mlkd's cache
+    assert calls == [] and len(os.listdir(tmp_path / "cache")) == 1
+    assert _losses(shared) == _losses(own) and shared.best_metric == own.best_metric
+
+
+def test_another_teacher_data_dtype_or_feature_set_gets_its_own_cache(tmp_path):
     _run(tmp_path, "a", cache=True)
     other = tiny_bert(layers=4, hidden=32, heads=4, seed=3)
     _run(tmp_path, "b", cache=True, teacher=other)
-    _run(tmp_path, "c", cache=True, objective="kd")
-    assert len(os.listdir(tmp_path / "cache")) == 3
+    _run(tmp_path, "c", cache=True, train=tokenized_dataset(24, seed=5))  # other token ids (file, max length)
+    _run(tmp_path, "d", cache=True, teacher_cache_dtype="fp16")
+    _run(tmp_path, "e", cache=True, objective="minilmv2")  # Q/K/V features the first cache does not hold
+    assert len(os.listdir(tmp_path / "cache")) == 5
 
 
-def test_a_damaged_file_is_refused(tmp_path):
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_a_damaged_file_is_refused(tmp_path, damage):
     _run(tmp_path, "a", cache=True)
     (folder,) = os.listdir(tmp_path / "cache")
     path = tmp_path / "cache" / folder / "hid2.npy"
     data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
+    if damage == "truncated":
+        del data[len(data) // 2:]
+    else:
+        data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="hid2.npy does not match its checksum"):
         _run(tmp_path, "b", cache=True)
