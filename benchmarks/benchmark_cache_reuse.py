@@ -44,6 +44,9 @@ def one_run(teacher, train, dev, objective, cache_root, seed, epochs, batch_size
 
 
 def run(args):
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # the student's save
     out = resultfile.result_path("cache_reuse", "cpu", args.quick, args.out_dir)
     print(f"cache reuse on {hostinfo.describe('cpu')}\n  results -> {out}")
     teacher = bert(tuple(args.teacher), "sdpa").eval()
