@@ -83,14 +83,14 @@ def distill(
     check_output_dir(output_dir)
     stages = _check_stages(stages, cfg)
     spec = get_task(task) if task is not None else None
-    qa = bool(spec.qa) if spec else False
-    teacher, student = as_model(teacher, "teacher", qa=qa), as_model(student, "student", qa=qa)
+    load_qa = bool(spec.qa) if spec else False  # a path is loaded with the task's head
+    teacher, student = as_model(teacher, "teacher", qa=load_qa), as_model(student, "student", qa=load_qa)
     num_labels = check_head(teacher, "teacher", spec)
     if is_qa_model(teacher) != is_qa_model(student):
         raise InputError(f"the teacher is a {type(teacher).__name__} but the student a {type(student).__name__}: "
                          "both need the same kind of head")
     check_head(student, "student", spec, num_labels)
-    qa = is_qa_model(teacher)
+    qa = is_qa_model(teacher)  # without a task, the models' heads decide
     if student is teacher:
         raise InputError("student is the teacher itself: build a separate student (build_student) or load another copy")
     for role, model in (("teacher", teacher), ("student", student)):

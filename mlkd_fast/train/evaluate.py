@@ -31,17 +31,24 @@ from mlkd_fast.train.models import (
 @torch.no_grad()
 def predict(model: nn.Module, ds, batch_size: int, device: torch.device, pad_token_id: int = 0):
     """Logits (N, C) and labels (N,) of a tokenised dataset, in dataset order."""
+    collate = Collator(pad_token_id, regression=int(model.config.num_labels) == 1)
+    logits, labels = [], []
+    for batch, out in _outputs(model, ds, batch_size, device, collate):
+        logits.append(out.logits.float().cpu())
+        labels.append(batch["labels"])
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, ds, batch_size: int, device: torch.device, collate: Collator):
+    """(batch, model output) over a dataset in order, in eval mode; the model's mode is restored after."""
     was_training = model.training
     model.eval()
-    regression = int(model.config.num_labels) == 1
-    collate = Collator(pad_token_id, regression=regression)
-    logits, labels = [], []
-    for batch in batches(ds, np.arange(len(ds)), batch_size, collate):
-        inputs = {k: v.to(device) for k, v in model_inputs(model, batch).items()}
-        logits.append(model(**inputs).logits.float().cpu())
-        labels.append(batch["labels"])
-    model.train(was_training)
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+    try:
+        for batch in batches(ds, np.arange(len(ds)), batch_size, collate):
+            yield batch, model(**{k: v.to(device) for k, v in model_inputs(model, batch).items()})
+    finally:
+        model.train(was_training)
 
 
 def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.device, pad_token_id: int = 0) -> Dict[str, float]:
@@ -57,20 +64,15 @@ def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.de
 @torch.no_grad()
 def predict_spans(model: nn.Module, windows, batch_size: int, device: torch.device, pad_token_id: int = 0):
     """Start and end logits (N, L_max) of every window, in order (padded positions: -inf)."""
-    was_training = model.training
-    model.eval()
-    collate = Collator(pad_token_id)
     length = max(len(x) for x in windows["input_ids"])
     start = np.full((len(windows), length), -np.inf, dtype=np.float32)
     end = start.copy()
     row = 0
-    for batch in batches(windows, np.arange(len(windows)), batch_size, collate):
-        out = model(**{k: v.to(device) for k, v in model_inputs(model, batch).items()})
+    for batch, out in _outputs(model, windows, batch_size, device, Collator(pad_token_id)):
         n, L = batch["input_ids"].shape
         start[row:row + n, :L] = out.start_logits.float().cpu().numpy()
         end[row:row + n, :L] = out.end_logits.float().cpu().numpy()
         row += n
-    model.train(was_training)
     return start, end
 
 

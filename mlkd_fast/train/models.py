@@ -75,8 +75,7 @@ def check_head(model: nn.Module, name: str, task=None, num_labels: Optional[int]
     if not qa:
         return check_classifier(model, name, num_labels if num_labels is not None else
                                 task.num_labels if task is not None else None)
-    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise InputTypeError(f"{name} must be a transformers model (nn.Module with .config), got {type(model).__name__}")
+    _check_is_model(model, name)
     if not is_qa_model(model):
         raise InputError(f"{name} is a {type(model).__name__}, which has no question-answering head; load it with "
                          "AutoModelForQuestionAnswering (and fine-tune it on the task first if it is the teacher)")
@@ -90,10 +89,14 @@ def as_model(model, role: str, num_labels: Optional[int] = None, qa: bool = Fals
     return model
 
 
-def check_classifier(model: nn.Module, name: str, num_labels: Optional[int]) -> int:
-    """The model must be a sequence classifier (with a head) for the task's label count."""
+def _check_is_model(model, name: str) -> None:
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise InputTypeError(f"{name} must be a transformers model (nn.Module with .config), got {type(model).__name__}")
+
+
+def check_classifier(model: nn.Module, name: str, num_labels: Optional[int]) -> int:
+    """The model must be a sequence classifier (with a head) for the task's label count."""
+    _check_is_model(model, name)
     cls = type(model).__name__
     if not cls.endswith("ForSequenceClassification"):
         raise InputError(
