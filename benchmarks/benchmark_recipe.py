@@ -5,10 +5,10 @@
 
 The project's way: sdpa attention, the fused ops ("cpp" on CPU, "triton" on CUDA), and the teacher-output
 cache (train/teacher_cache.py), in fp32 ("project") and with bf16 autocast ("project-bf16": `precision:
-bf16`, the cache's reads, the student's forward and the loss under autocast). The authors' way: eager attention, the eager reference loss terms, the
-teacher run at every step. Both run the library's own stage objective (train/stage.py) with AdamW on the
-same synthetic training set (N examples, random lengths in [L/2, L], random weights: timing does not
-depend on them), one step of each way in turn, each phase timed: data (collation), teacher (forward, or
+bf16`, the cache's reads, the student's forward and the loss under autocast). The authors' way: eager
+attention, the eager reference loss terms, the teacher run at every step. Both run the library's own stage
+objective (train/stage.py) with AdamW on the same synthetic training set (N examples, random lengths in
+[L/2, L], random weights: timing does not depend on them), one step of each way in turn, each phase timed: data (collation), teacher (forward, or
 the cache read), student forward, loss, backward, optimiser. The cache build (the teacher over the N
 examples once, for the features of both stages) is timed too.
 
@@ -16,8 +16,9 @@ Whole recipe of E1 + E2 epochs of S steps each (S = the training set / batch):
     authors = S * (E1 * t1 + E2 * t2)
     project = build + S * (E1 * t1' + E2 * t2')
 where t1, t2 are the measured median step times (with data) and build is the measured build time scaled
-from N examples to the training set (built once, by "project"; "project-bf16" reads the same fp32 cache). Reported for 3 + 3 and the paper's 20 + 15 epochs, both from the
-measured step and build times (an extrapolation to the set size: say so wherever quoted).
+from N examples to the training set (built once, by "project"; "project-bf16" reads the same fp32 cache).
+Reported for 3 + 3 and the paper's 20 + 15 epochs, both from the measured step and build times (an
+extrapolation to the set size: say so wherever quoted).
 """
 from __future__ import annotations
 

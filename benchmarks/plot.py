@@ -31,6 +31,7 @@ OPS = {  # op -> (sweep group, x column, x label)
     "sample_contrastive": ("B", "B", "batch B (D=768, 3 classes)"),
 }
 SHAPE_KEYS = ("group", "backend", "mode", "B", "L", "Dt", "Ds", "D", "splits", "dtype", "masked", "classes")
+RECIPE_KEYS = ("kind", "pair", "L", "B", "way", "stage", "epochs")  # one row of recipe_<machine>.csv
 STYLE = {"torch": ("tab:blue", "o"), "cpp": ("tab:green", "s"), "triton": ("tab:red", "^"), harness.COMPILE: ("tab:orange", "x")}
 
 
@@ -152,7 +153,7 @@ def plot_e2e(plt, rows, png: str, machine: str) -> bool:
 
 
 def plot_recipe(plt, rows, png: str, machine: str) -> bool:
-    rows = [r for r in latest(rows, ("kind", "pair", "L", "B", "way", "stage", "epochs")) if r["kind"] == "step"
+    rows = [r for r in latest(rows, RECIPE_KEYS) if r["kind"] == "step"
             and r["status"] == "ok"]
     return plot_phases(plt, rows, png, ("data", "teacher", "student", "loss", "backward", "optimizer"),
                        ("pair", "L", "stage", "way"), f"one step of the recipe, authors' way vs the project's, on {machine}")
@@ -236,7 +237,7 @@ def e2e_table(rows) -> List[str]:
 
 
 def recipe_table(rows) -> List[str]:
-    rows = [r for r in latest(rows, ("kind", "pair", "L", "B", "way", "stage", "epochs")) if r["status"] == "ok"]
+    rows = [r for r in latest(rows, RECIPE_KEYS) if r["status"] == "ok"]
     steps = [r for r in rows if r["kind"] == "step"]
     recipes = [r for r in rows if r["kind"] == "recipe"]
     if not steps:
