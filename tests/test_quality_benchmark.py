@@ -70,6 +70,7 @@ def test_table_means_spreads_and_retention(tmp_path):
     _run(TABLE, "--dir", str(tmp_path), "--readme", str(readme))
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "**CoLA** (dev set)" in text  # the GLUE spelling of the task
     ft = next(line for line in text.splitlines() if line.startswith("| ft |"))
     assert "| 32.00 ± 2.83 |" in ft and "| 80.0 |" in ft and "| 2 |" in ft  # mean, sample std, 32 / 40
     mlkd = next(line for line in text.splitlines() if line.startswith("| mlkd |"))

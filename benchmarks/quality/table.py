@@ -22,6 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import resultfile  # noqa: E402
 
+from mlkd_fast.data import get_task  # noqa: E402
+
 # the metrics shown per task, the first is the one that chose the kept model
 TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("spearman", "pearson"), "cola": ("mcc",),
                 "rte": ("accuracy",), "sst-2": ("accuracy",), "qnli": ("accuracy",), "qqp": ("accuracy", "f1"),
@@ -68,7 +70,7 @@ def markdown(lines: List[Dict[str, str]]) -> str:
     for task in dict.fromkeys(line["task"] for line in lines):
         rows = [line for line in lines if line["task"] == task]
         cols = list(dict.fromkeys(k for line in rows for k in line if k != "task"))
-        out.append(f"**{task.upper()}** (dev set)\n")
+        out.append(f"**{get_task(task).folder}** (dev set)\n")
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "---|" * len(cols))
         out += ["| " + " | ".join(line.get(c, "") for c in cols) + " |" for line in rows]
@@ -99,7 +101,7 @@ def plot(rows: List[Dict[str, str]], path: str) -> None:
         low = min(min(v) for _, v in items)
         ax.set_ylim(max(0, low - 5), max(teacher, max(max(v) for _, v in items)) + 2)
         ax.set_ylabel(f"dev {main} (%)")
-        ax.set_title(f"{task.upper()}: 3-layer students, mean ± std over seeds (dots)")
+        ax.set_title(f"{get_task(task).folder}: 3-layer students, mean ± std over seeds (dots)")
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
