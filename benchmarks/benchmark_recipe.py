@@ -8,9 +8,9 @@ cache (train/teacher_cache.py), in fp32 ("project") and with bf16 autocast ("pro
 bf16`, the cache's reads, the student's forward and the loss under autocast). The authors' way: eager
 attention, the eager reference loss terms, the teacher run at every step. Both run the library's own stage
 objective (train/stage.py) with AdamW on the same synthetic training set (N examples, random lengths in
-[L/2, L], random weights: timing does not depend on them), one step of each way in turn, each phase timed: data (collation), teacher (forward, or
-the cache read), student forward, loss, backward, optimiser. The cache build (the teacher over the N
-examples once, for the features of both stages) is timed too.
+[L/2, L], random weights: timing does not depend on them), one step of each way in turn, each phase timed:
+data (collation), teacher (forward, or the cache read), student forward, loss, backward, optimiser. The
+cache build (the teacher over the N examples once, for the features of both stages) is timed too.
 
 Whole recipe of E1 + E2 epochs of S steps each (S = the training set / batch):
     authors = S * (E1 * t1 + E2 * t2)
