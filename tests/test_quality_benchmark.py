@@ -49,8 +49,9 @@ def test_one_row_end_to_end_on_tiny_models(tmp_path):
     assert bad.returncode != 0 and "--variant" in bad.stderr
 
 
-def _row(task, variant, seed, main, value, teacher, **kw):
-    row = dict(task=task, variant=variant, heads="12", seed=str(seed), epochs="3", metric=main, student="3L-384",
+def _row(task, variant, seed, main, value, teacher, objective=None, **kw):
+    row = dict(task=task, variant=variant, objective=objective or variant, heads="12", seed=str(seed), epochs="3",
+               metric=main, student="3L-384",
                stage1_epochs="1", stage2_epochs="2", steps="345", params="17390594", latency_ms="100",
                wall_s="600", cpu_model="cpu", commit="abc")
     row.update({f"dev_{main}": str(value), f"teacher_{main}": str(teacher)}, **kw)
@@ -58,8 +59,9 @@ def _row(task, variant, seed, main, value, teacher, **kw):
 
 
 def test_table_means_spreads_and_retention(tmp_path):
-    rows = [_row("cola", "ft", 1, "mcc", 0.30, 0.40), _row("cola", "ft", 2, "mcc", 0.34, 0.40),
-            _row("cola", "mlkd", 1, "mcc", 0.36, 0.40)]
+    rows = [_row("cola", "mlkd-no-ss", 1, "mcc", 0.35, 0.40, objective="mlkd"),
+            _row("cola", "mlkd", 1, "mcc", 0.36, 0.40),
+            _row("cola", "ft", 1, "mcc", 0.30, 0.40), _row("cola", "ft", 2, "mcc", 0.34, 0.40)]
     path = tmp_path / "quality_cpu-2core.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -75,4 +77,7 @@ def test_table_means_spreads_and_retention(tmp_path):
     assert "| 32.00 ± 2.83 |" in ft and "| 80.0 |" in ft and "| 2 |" in ft  # mean, sample std, 32 / 40
     mlkd = next(line for line in text.splitlines() if line.startswith("| mlkd |"))
     assert "| 36.00 |" in mlkd and "| 90.0 |" in mlkd
+    # plain objectives first, the simple ones before the method, then the variants of them
+    lines = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert lines == ["| variant", "| ft", "| mlkd", "| mlkd-no-ss"]
     assert (tmp_path / "quality_cpu-2core.png").stat().st_size > 0

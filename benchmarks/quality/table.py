@@ -31,11 +31,25 @@ TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("spearman", "pearson"), "c
 START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 
 
+# the order objectives are listed in: the simple ways first, the method last
+OBJECTIVE_ORDER = ("ft", "kd", "tinybert", "minilmv2", "mlkd")
+
+
+def _order(key: tuple, objective: str) -> tuple:
+    """Plain objectives before variants of them (recipe choices, ablations), then more heads first."""
+    task, variant, heads, _ = key
+    rank = OBJECTIVE_ORDER.index(objective) if objective in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER)
+    return (variant != objective, -heads, rank, variant)
+
+
 def groups(rows: List[Dict[str, str]]) -> "OrderedDict[tuple, List[Dict[str, str]]]":
-    out: "OrderedDict[tuple, List[Dict[str, str]]]" = OrderedDict()
+    """Rows by (task, variant, heads, epochs): tasks in the order they first appear, lines by `_order`."""
+    found: "OrderedDict[tuple, List[Dict[str, str]]]" = OrderedDict()
     for r in rows:
-        out.setdefault((r["task"], r["variant"], int(r["heads"]), r["epochs"]), []).append(r)
-    return out
+        found.setdefault((r["task"], r["variant"], int(r["heads"]), r["epochs"]), []).append(r)
+    tasks = list(dict.fromkeys(key[0] for key in found))
+    keys = sorted(found, key=lambda k: (tasks.index(k[0]), _order(k, found[k][0]["objective"])))
+    return OrderedDict((k, found[k]) for k in keys)
 
 
 def mean_std(values: List[float]) -> str:
@@ -79,32 +93,40 @@ def markdown(lines: List[Dict[str, str]]) -> str:
 
 
 def plot(rows: List[Dict[str, str]], path: str) -> None:
+    """One panel per task, one horizontal bar per (variant, heads): mean with std, seeds as dots, teacher as a
+    line. MLKD's lines are orange, the rivals' grey, so the method reads at a glance among many variants."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    by_task: "OrderedDict[str, list]" = OrderedDict()
+    for (task, variant, heads, _), rs in groups(rows).items():
+        main = TASK_METRICS.get(task, (rs[0]["metric"],))[0]
+        vals = [100 * float(r[f"dev_{main}"]) for r in rs]
+        by_task.setdefault(task, []).append((f"{variant} ({heads}h)", vals, rs[0]["objective"] == "mlkd"))
+    sizes = [len(items) for items in by_task.values()]
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(8, 1.2 * len(sizes) + 0.28 * sum(sizes)), squeeze=False,
+                             gridspec_kw={"height_ratios": [n + 2 for n in sizes]})
+    for ax, (task, items) in zip(axes[:, 0], by_task.items()):
         main = TASK_METRICS.get(task, (rows[0]["metric"],))[0]
-        items = [(f"{v}\n{h}h", [100 * float(r[f"dev_{main}"]) for r in rs])
-                 for (t, v, h, _), rs in groups(rows).items() if t == task]
-        means = [statistics.mean(vals) for _, vals in items]
-        stds = [statistics.stdev(vals) if len(vals) > 1 else 0.0 for _, vals in items]
-        ax.bar(range(len(items)), means, yerr=stds, capsize=4, color="tab:blue")
-        for i, (_, vals) in enumerate(items):
-            ax.plot([i] * len(vals), vals, "k.", markersize=4)
+        y = list(range(len(items)))[::-1]  # first line on top, as in the table
+        means = [statistics.mean(vals) for _, vals, _ in items]
+        stds = [statistics.stdev(vals) if len(vals) > 1 else 0.0 for _, vals, _ in items]
+        colors = ["tab:orange" if is_mlkd else "tab:gray" for _, _, is_mlkd in items]
+        ax.barh(y, means, xerr=stds, capsize=3, color=colors, height=0.7)
+        for yi, (_, vals, _) in zip(y, items):
+            ax.plot(vals, [yi] * len(vals), "k.", markersize=4)
         teacher = 100 * float(next(r for r in rows if r["task"] == task)[f"teacher_{main}"])
-        ax.axhline(teacher, color="tab:red", linestyle="--", label=f"teacher {teacher:.1f}")
-        ax.set_xticks(range(len(items)), [name for name, _ in items], fontsize=7)
-        low = min(min(v) for _, v in items)
-        ax.set_ylim(max(0, low - 5), max(teacher, max(max(v) for _, v in items)) + 2)
-        ax.set_ylabel(f"dev {main} (%)")
-        ax.set_title(f"{get_task(task).folder}: 3-layer students, mean ± std over seeds (dots)")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.axvline(teacher, color="tab:red", linestyle="--", label=f"teacher {teacher:.1f}")
+        ax.set_yticks(y, [name for name, _, _ in items], fontsize=8)
+        low = min(min(vals) for _, vals, _ in items)
+        ax.set_xlim(max(0, low - 3), max(teacher, max(max(vals) for _, vals, _ in items)) + 1)
+        ax.set_xlabel(f"dev {main} (%)")
+        ax.set_title(f"{get_task(task).folder}: 3-layer students, mean ± std over seeds (dots)", fontsize=10)
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
