@@ -25,6 +25,7 @@ from mlkd_fast.train.config import (
     config_from_dict,
     load_config_file,
 )
+from mlkd_fast.train.distributed import leave_process_group
 from mlkd_fast.train.rundir import check_output_dir
 from mlkd_fast.version import __version__
 
@@ -498,7 +499,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         hf_logging.disable_progress_bar()  # also the weight loading/saving bars
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        leave_process_group()  # the CLI owns its process: under torchrun, leave the group the command joined
+        return code
     except RunInterrupted as e:
         print(f"mlkd-fast: {e}", file=sys.stderr)
         print(f"resume with: mlkd-fast {' '.join(a for a in (argv if argv is not None else sys.argv[1:]) if a != '--overwrite')}"

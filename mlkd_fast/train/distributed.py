@@ -140,6 +140,16 @@ class Dist:
         return box[0]
 
 
+def leave_process_group() -> None:
+    """End of a process that joined a group: every rank waits for the others, then the group is destroyed.
+    Without it each rank tears its gloo connections down at interpreter exit, possibly while another rank is
+    still finishing (rank 0 saves and evaluates last), and gloo aborts that rank (SIGABRT, "terminate called
+    without an active exception"). Only for a normal end: after an error the other ranks may never arrive."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def check_global_batch(batch_size: int, dist: Dist, accum: int = 1) -> None:
     """batch_size is the global batch: it must split evenly over the ranks and their micro-batches (the same
     optimisation on any world size)."""

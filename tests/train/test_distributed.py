@@ -177,3 +177,17 @@ def test_killing_one_rank_ends_the_run_with_an_error_and_keeps_the_last_checkpoi
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and time.time() - start < 120
     assert checkpoint.load_state(str(out), "distill")["state"]["global_step"] >= 1  # intact, resumable
+
+
+def test_leave_process_group_waits_and_destroys(tmp_path):
+    """The CLI's last step under a launcher: a group it joined is left (barrier, then destroyed), so no rank's
+    interpreter exit tears gloo down under another; outside a group it does nothing."""
+    import torch.distributed as dist
+
+    from mlkd_fast.train.distributed import leave_process_group
+
+    leave_process_group()  # no group: nothing to do, no error
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    leave_process_group()
+    assert not dist.is_initialized()
