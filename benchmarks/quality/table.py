@@ -37,7 +37,7 @@ OBJECTIVE_ORDER = ("ft", "kd", "tinybert", "minilmv2", "mlkd")
 
 def _order(key: tuple, objective: str) -> tuple:
     """Plain objectives before variants of them (recipe choices, ablations), then more heads first."""
-    task, variant, heads, _ = key
+    _, variant, heads, _ = key
     rank = OBJECTIVE_ORDER.index(objective) if objective in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER)
     return (variant != objective, -heads, rank, variant)
 
@@ -52,6 +52,11 @@ def groups(rows: List[Dict[str, str]]) -> "OrderedDict[tuple, List[Dict[str, str
     return OrderedDict((k, found[k]) for k in keys)
 
 
+def task_metrics(task: str, rows: List[Dict[str, str]]) -> tuple:
+    """The metrics shown for a task, the model-selection one first; an unlisted task shows what its rows chose."""
+    return TASK_METRICS.get(task, (rows[0]["metric"],))
+
+
 def mean_std(values: List[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -62,7 +67,7 @@ def summarise(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
     """One line per (task, variant, heads, budget)."""
     lines = []
     for (task, variant, heads, epochs), rs in groups(rows).items():
-        metrics = TASK_METRICS.get(task, (rs[0]["metric"],))
+        metrics = task_metrics(task, rs)
         line = {"task": task, "variant": variant, "heads": str(heads), "seeds": str(len(rs))}
         for m in metrics:
             line[m] = mean_std([100 * float(r[f"dev_{m}"]) for r in rs])
@@ -102,14 +107,15 @@ def plot(rows: List[Dict[str, str]], path: str) -> None:
 
     by_task: "OrderedDict[str, list]" = OrderedDict()
     for (task, variant, heads, _), rs in groups(rows).items():
-        main = TASK_METRICS.get(task, (rs[0]["metric"],))[0]
+        main = task_metrics(task, rs)[0]
         vals = [100 * float(r[f"dev_{main}"]) for r in rs]
         by_task.setdefault(task, []).append((f"{variant} ({heads}h)", vals, rs[0]["objective"] == "mlkd"))
     sizes = [len(items) for items in by_task.values()]
     fig, axes = plt.subplots(len(sizes), 1, figsize=(8, 1.2 * len(sizes) + 0.28 * sum(sizes)), squeeze=False,
                              gridspec_kw={"height_ratios": [n + 2 for n in sizes]})
     for ax, (task, items) in zip(axes[:, 0], by_task.items()):
-        main = TASK_METRICS.get(task, (rows[0]["metric"],))[0]
+        task_rows = [r for r in rows if r["task"] == task]
+        main = task_metrics(task, task_rows)[0]
         y = list(range(len(items)))[::-1]  # first line on top, as in the table
         means = [statistics.mean(vals) for _, vals, _ in items]
         stds = [statistics.stdev(vals) if len(vals) > 1 else 0.0 for _, vals, _ in items]
@@ -117,7 +123,7 @@ def plot(rows: List[Dict[str, str]], path: str) -> None:
         ax.barh(y, means, xerr=stds, capsize=3, color=colors, height=0.7)
         for yi, (_, vals, _) in zip(y, items):
             ax.plot(vals, [yi] * len(vals), "k.", markersize=4)
-        teacher = 100 * float(next(r for r in rows if r["task"] == task)[f"teacher_{main}"])
+        teacher = 100 * float(task_rows[0][f"teacher_{main}"])
         ax.axvline(teacher, color="tab:red", linestyle="--", label=f"teacher {teacher:.1f}")
         ax.set_yticks(y, [name for name, _, _ in items], fontsize=8)
         low = min(min(vals) for _, vals, _ in items)
