@@ -41,8 +41,9 @@ from mlkd_fast.data.batching import Collator  # noqa: E402
 from mlkd_fast.train.config import DistillConfig  # noqa: E402
 from mlkd_fast.train.objectives import DistillProjections  # noqa: E402
 from mlkd_fast.train.precision import Precision  # noqa: E402
-from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context  # noqa: E402
-from mlkd_fast.train.teacher_cache import open_or_build, term_features  # noqa: E402
+from mlkd_fast.train.objectives import cached_features  # noqa: E402
+from mlkd_fast.train.stage import StageObjective, loss_context, plan_terms  # noqa: E402
+from mlkd_fast.train.teacher_cache import open_or_build  # noqa: E402
 
 # name -> ((teacher layers, hidden, heads, FFN), (student layers, hidden, heads, FFN)), as benchmark_e2e.py
 PAIRS = {
@@ -85,19 +86,19 @@ class Way:
         self.student = bert(PAIRS[pair][1], attn).to(device).train()
         self.device, self.collate = device, Collator(0)
         cfg = DistillConfig(splits=12, device=device)
-        layer_map, minilm = check_objective_fits(self.teacher, self.student, cfg, (1, 2))
-        proj = DistillProjections(self.student.config.hidden_size, self.teacher.config.hidden_size, len(layer_map)).to(device)
+        plan, settings = plan_terms(self.teacher, self.student, cfg, (1, 2))
+        proj = DistillProjections(self.student.config.hidden_size, self.teacher.config.hidden_size, len(plan.layer_map)).to(device)
         backend = "torch" if way == "authors" else ("triton" if device == "cuda" else "cpp")
-        context = loss_context(cfg, proj, layer_map, minilm, False, backend)
+        context = loss_context(cfg, proj, plan, False, backend)
         self.build_s, cache = 0.0, None
         self.amp = Precision("bf16" if way.endswith("bf16") else "fp32", torch.device(device))
         if way != "authors":
-            names = {n for s in (1, 2) for t in cfg.weights(s) for n in term_features(t, layer_map, minilm, False)}
+            names = {n for s in (1, 2) for n in cached_features(cfg.weights(s), settings, plan)}
             start = time.perf_counter()
             cache = open_or_build(cache_root, self.teacher, train, names, depends_on={"pair": pair}, batch_size=32,
                                   collate=self.collate, device=device, log=lambda *_: None)
             self.build_s = time.perf_counter() - start
-        self.objectives = {s: StageObjective(s, cfg, context, cache) for s in (1, 2)}
+        self.objectives = {s: StageObjective(s, cfg, context, settings, cache) for s in (1, 2)}
         self.opt = torch.optim.AdamW(list(self.student.parameters()) + list(proj.parameters()), lr=5e-5)
 
     def step(self, stage: int, rows, clock) -> None:

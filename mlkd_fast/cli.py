@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from mlkd_fast.errors import InputError, MLKDError, RunInterrupted
 from mlkd_fast.train.atomic import save_json
@@ -24,6 +24,8 @@ from mlkd_fast.train.config import (
     FinetuneConfig,
     config_from_dict,
     load_config_file,
+    merge_terms,
+    renamed_to_terms,
 )
 from mlkd_fast.train.distributed import leave_process_group
 from mlkd_fast.train.rundir import check_output_dir
@@ -69,6 +71,40 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
     p.add_argument("--overwrite", action="store_true", help="replace what --output-dir already holds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_term_settings_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="TERM.SETTING=VALUE", dest="term_settings",
+                   help="a loss term's own setting (repeatable), e.g. kd.temperature=2, kd.reduction=batchmean, "
+                        "sc.temperature=0.1, sc.projection=ffn, sc.regression_positives=equal_scores, qkv.layer=5; "
+                        "over the config file's terms: section")
+
+
+def _term_settings(pairs: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """["kd.temperature=2"] -> {"kd": {"temperature": 2}}: numbers as numbers (1e-4 too, which YAML 1.1 would
+    keep as a string), null/true/false and words as YAML reads them."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        term, dot, setting = key.partition(".")
+        if not sep or not dot or not term or not setting:
+            raise InputError(f"--set {pair!r}: expected TERM.SETTING=VALUE, e.g. kd.temperature=2")
+        out.setdefault(term, {})[setting] = _scalar(pair, value)
+    return out
+
+
+def _scalar(pair: str, text: str):
+    import yaml
+
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(f"--set {pair!r}: the value is not a number, word or list ({e})") from None
 
 
 def _add_student_args(p: argparse.ArgumentParser) -> None:
@@ -125,8 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "once and read back by later epochs, stages, seeds and objectives")
     ds.add_argument("--teacher-cache-max-gb", type=float, help="refuse to build a cache larger than this")
     ds.add_argument("--teacher-cache-dtype", choices=CHOICES["teacher_cache_dtype"], help="cache storage (default fp32)")
-    ds.add_argument("--kd-temperature", type=float, help="soft-label temperature T (default 1)")
-    ds.add_argument("--minilm-teacher-layer", type=int, help="minilmv2: the teacher layer (default round(7/8 layers))")
+    _add_term_settings_arg(ds)
     ds.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
     gd = sub.add_parser("general-distill", help="task-agnostic distillation of a pretrained encoder on unlabelled text")
@@ -140,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     gd.add_argument("--splits", type=int, help="MHA-splits A of L_MHA (default 12)")
     gd.add_argument("--objective", choices=("mlkd", "tinybert", "minilmv2"), help="whose stage 1 (default mlkd)")
+    _add_term_settings_arg(gd)
     gd.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
     ev = sub.add_parser("evaluate", help="dev metrics, size and inference latency of one or more models")
@@ -191,6 +227,10 @@ def _train_config(cls, args, section: Dict[str, Any], flag_map: Dict[str, str]):
         v = getattr(args, attr, None)
         if v is not None:
             values[field_name] = v
+    given = _term_settings(getattr(args, "term_settings", None) or [])
+    if given:  # over the file's terms (earlier flat names included), setting by setting
+        values = renamed_to_terms(values)
+        values["terms"] = merge_terms(values.get("terms") or {}, given)
     return config_from_dict(cls, values, source=f"{cls.__name__} settings")
 
 
@@ -208,8 +248,7 @@ COMMON_FLAGS = {
     "drop_last": "drop_last",
 }
 DISTILL_FLAGS = dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits",
-                     relations="relations", objective="objective", recipe="recipe", kd_temperature="kd_temperature",
-                     minilm_teacher_layer="minilm_teacher_layer", teacher_cache="teacher_cache",
+                     relations="relations", objective="objective", recipe="recipe", teacher_cache="teacher_cache",
                      teacher_cache_max_gb="teacher_cache_max_gb",
                      **{name: name for name in CHOICES if name not in ("objective", "relations")})
 

@@ -30,7 +30,7 @@ from mlkd_fast.train.atomic import write_bytes
 from mlkd_fast.train.config import DistillConfig
 from mlkd_fast.train.models import check_classifier
 from mlkd_fast.train.objectives import DistillProjections
-from mlkd_fast.train.stage import StageObjective, check_objective_fits, loss_context
+from mlkd_fast.train.stage import StageObjective, plan_terms, loss_context
 
 PROJECTIONS_FILE = "mlkd_projections.pt"
 
@@ -58,14 +58,13 @@ class MLKDTrainer(transformers.Trainer):
         num_labels = check_classifier(teacher, "teacher", None)
         check_classifier(self.model, "student (model=)", num_labels)
         stages = cfg.objective_stages
-        layer_map, minilm_layer = check_objective_fits(teacher, self.model, cfg, stages)
+        plan, term_settings = plan_terms(teacher, self.model, cfg, stages)
         self.stage1_fraction = _stage1_fraction(cfg, stages, stage1_fraction)
         self.teacher = teacher.to(self.args.device).train(cfg.teacher_mode == "train").requires_grad_(False)
         self.projections = DistillProjections(self.model.config.hidden_size, teacher.config.hidden_size,
-                                              len(layer_map), init=cfg.projection_init).to(self.args.device)
-        context = loss_context(cfg, self.projections, layer_map, minilm_layer, num_labels == 1,
-                               backends.resolve(backend, self.args.device))
-        self.objectives = {s: StageObjective(s, cfg, context) for s in stages}
+                                              len(plan.layer_map), init=cfg.projection_init).to(self.args.device)
+        context = loss_context(cfg, self.projections, plan, num_labels == 1, backends.resolve(backend, self.args.device))
+        self.objectives = {s: StageObjective(s, cfg, context, term_settings) for s in stages}
         self.distill_config = cfg
         self._term_sums: Dict[str, float] = {}
         self._term_count = 0

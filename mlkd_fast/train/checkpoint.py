@@ -112,15 +112,24 @@ def load_state(output_dir: str, kind: str) -> Dict[str, Any]:
 # Settings added after checkpoints were first written, with the value that an older checkpoint (which lacks the
 # key) ran with: such a run resumes when the current value is that one.
 LATER_SETTINGS: Dict[str, Any] = {
-    "eval_every": 0, "drop_last": False, "objective": "mlkd", "recipe": "mlkd_fast", "minilm_teacher_layer": None,
-    "minilm_layer": None, "sc_projection": "fresh", "sc_regression_positives": "views", "teacher_mode": "eval",
+    "eval_every": 0, "drop_last": False, "objective": "mlkd", "recipe": "mlkd_fast",
+    "minilm_layer": None, "terms": {}, "teacher_mode": "eval",
     "mha_feature": "output", "optimizer": "adamw", "projection_init": "identity", "max_steps": 0,
     "teacher_cache": None, "teacher_cache_dtype": "fp32", "teacher_cache_max_gb": None,
 }
 
 
+# Settings that earlier checkpoints hold and the current ones no longer do (they moved into DistillConfig.terms),
+# with their old defaults: a checkpoint that ran with the default resumes (the same run as terms={} now).
+RETIRED_SETTINGS: Dict[str, Any] = {
+    "kd_temperature": 1.0, "sc_temperature": 0.07, "sc_base_temperature": 1.0, "sc_projection": "fresh",
+    "sc_regression_positives": "views", "minilm_teacher_layer": None,
+}
+
+
 def check_same_config(saved: Dict[str, Any], current: Dict[str, Any], path: str) -> None:
     """Resuming with other settings (or another teacher, student shape or data) would not continue the run: refuse."""
+    saved = {k: v for k, v in saved.items() if not (k in RETIRED_SETTINGS and RETIRED_SETTINGS[k] == v)}
     saved = {**{k: v for k, v in LATER_SETTINGS.items() if k in current}, **saved}
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:

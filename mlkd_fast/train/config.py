@@ -14,34 +14,27 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from mlkd_fast.errors import InputError, InputTypeError
+from mlkd_fast.train.checks import check_float, check_int
+from mlkd_fast.train.objectives import OBJECTIVES, STAGE_TERMS, Objective, term_settings
 
-# The objectives `distill` trains, by name: per stage, each loss term (its registry name in train/objectives.py)
-# and its default weight. Stage 1 distils the intermediate layers, stage 2 the prediction layer; one-stage
-# objectives run stage 2 only. Kept here, not beside the losses, so that reading a config never loads the ops.
-OBJECTIVES: Dict[str, Dict[int, Dict[str, float]]] = {
-    # MLKD-BERT (docs/method.md): relation and feature terms, then sample relations and soft labels
-    "mlkd": {1: {"emb": 1.0, "mha": 1.0, "ffn": 1.0}, 2: {"ss": 1.0, "sc": 1.0, "kd": 1.0}},
-    # plain fine-tuning of the student on the hard labels (CE; MSE for regression): no teacher
-    "ft": {2: {"ce": 1.0}},
-    # Hinton KD: alpha * soft CE at T (times T^2) + (1 - alpha) * hard CE; alpha = 0.5
-    "kd": {2: {"kd": 0.5, "ce": 0.5}},
-    # TinyBERT: embedding + hidden-state MSE through learned projections, per-head attention-score MSE; soft CE
-    "tinybert": {1: {"ffn": 1.0, "att": 1.0}, 2: {"kd": 1.0}},
-    # MiniLMv2: Q-Q, K-K, V-V relations of one upper teacher layer against the student's last layer; soft CE
-    "minilmv2": {1: {"qkv": 1.0}, 2: {"kd": 1.0}},
+# DistillConfig fields of earlier versions that are term settings now (DistillConfig.terms): a config file or
+# mapping that still uses one is read as the term setting, so old files keep their meaning.
+RENAMED_FIELDS: Dict[str, Tuple[str, str]] = {
+    "kd_temperature": ("kd", "temperature"),
+    "sc_temperature": ("sc", "temperature"),
+    "sc_base_temperature": ("sc", "base_temperature"),
+    "sc_projection": ("sc", "projection"),
+    "sc_regression_positives": ("sc", "regression_positives"),
+    "minilm_teacher_layer": ("qkv", "layer"),
 }
-# How each objective reduces the soft cross-entropy: the authors' MLKD code divides by B * C ("mean"),
-# Hinton KD by B ("batchmean") and multiplies by T^2.
-KD_REDUCTION = {"mlkd": "mean", "ft": "mean", "kd": "batchmean", "tinybert": "batchmean", "minilmv2": "batchmean"}
-STAGE_TERMS = {stage: tuple(terms) for stage, terms in OBJECTIVES["mlkd"].items()}
 
 # Named presets of DistillConfig fields. "authors": the authors' released code where it differs from this
 # library's defaults (README, "Deviations"); a config's own fields override its preset's.
 RECIPES: Dict[str, Dict[str, Any]] = {
     "mlkd_fast": {},
     "authors": {
-        "sc_projection": "ffn",  # L_SC reuses the stage-1 projection W_N of the last layer
-        "sc_regression_positives": "equal_scores",  # STS-B: samples with the same score are positives
+        # L_SC reuses the stage-1 projection W_N of the last layer; STS-B: samples with the same score are positives
+        "terms": {"sc": {"projection": "ffn", "regression_positives": "equal_scores"}},
         "teacher_mode": "train",  # the teacher is never put in eval mode: dropout on
         "mha_feature": "before_dropout",  # the heads' context from the attention probabilities before dropout
         "optimizer": "bertadam",  # per-tensor clipping at 1, no bias correction
@@ -50,9 +43,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     },
 }
 CHOICES = {
-    "objective": tuple(OBJECTIVES),
-    "sc_projection": ("fresh", "ffn"),
-    "sc_regression_positives": ("views", "equal_scores"),
+    "objective": OBJECTIVES.keys(),  # a live view: an objective added at run time is a choice too
     "teacher_mode": ("eval", "train"),
     "mha_feature": ("output", "before_dropout"),
     "optimizer": ("adamw", "bertadam"),
@@ -60,20 +51,6 @@ CHOICES = {
     "relations": ("global", "local"),
     "teacher_cache_dtype": ("fp32", "fp16"),
 }
-
-
-def check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputTypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise InputError(f"{name} must be >= {minimum}, got {value}")
-
-
-def check_float(name: str, value, minimum: float = 0.0, strict: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputTypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    if value != value or (value <= minimum if strict else value < minimum) or value == float("inf"):
-        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value}")
 
 
 @dataclass
@@ -154,16 +131,14 @@ class DistillConfig(_Common):
     # weight overrides per stage (term -> weight); terms left out keep the objective's default weight
     stage1_weights: Dict[str, float] = field(default_factory=dict)
     stage2_weights: Dict[str, float] = field(default_factory=dict)
-    sc_temperature: float = 0.07
-    sc_base_temperature: float = 1.0
-    kd_temperature: float = 1.0
-    minilm_teacher_layer: Optional[int] = None  # minilmv2: the teacher layer (1-based); None = round(7/8 M)
+    # the loss terms' own settings over the objective's: term -> {setting: value}, e.g. {"kd": {"temperature":
+    # 2.0}}; each term states its settings and defaults (train/objectives.py: kd.temperature, kd.reduction,
+    # sc.temperature, sc.base_temperature, sc.projection, sc.regression_positives, qkv.layer)
+    terms: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # data parallel: the sample relations (L_SS, L_SC) over the global batch ("global", the same as one
     # process on that batch) or over each rank's shard ("local", what other toolkits do)
     relations: str = "global"
-    # recipe choices where the authors' code differs (RECIPES["authors"] has their values)
-    sc_projection: str = "fresh"  # L_SC's map of the student's [CLS]: a fresh Linear, or stage 1's W_N ("ffn")
-    sc_regression_positives: str = "views"  # regression L_SC positives: the other view only, or equal scores too
+    # recipe choices where the authors' code differs (RECIPES["authors"] has their values, with sc's settings)
     teacher_mode: str = "eval"  # "train" runs the teacher with dropout (no gradients either way)
     mha_feature: str = "output"  # L_MHA's O_n: the W^O input ("output"), or recomputed without attention dropout
     optimizer: str = "adamw"  # "adamw": global-norm clipping; "bertadam": per-tensor clipping, no bias correction
@@ -187,8 +162,7 @@ class DistillConfig(_Common):
         if self.warmup_proportion >= 1:
             raise InputError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
         check_int("splits", self.splits, 1)
-        if self.minilm_teacher_layer is not None:
-            check_int("minilm_teacher_layer", self.minilm_teacher_layer, 1)
+        self.term_settings()  # each term checks its own settings
         if self.layer_map is not None:
             if isinstance(self.layer_map, (str, bytes)) or not hasattr(self.layer_map, "__iter__"):
                 raise InputTypeError(f"layer_map must be a sequence of teacher layer numbers or None, got {self.layer_map!r}")
@@ -203,9 +177,6 @@ class DistillConfig(_Common):
                     raise InputError(f"stage{stage}_weights: {name!r} is not a stage-{stage} term of objective "
                                      f"{self.objective!r} {terms}")
                 check_float(f"stage{stage}_weights[{name!r}]", w, strict=False)
-        check_float("sc_temperature", self.sc_temperature)
-        check_float("sc_base_temperature", self.sc_base_temperature)
-        check_float("kd_temperature", self.kd_temperature)
         if self.teacher_cache is not None:
             if not isinstance(self.teacher_cache, (str, os.PathLike)):
                 raise InputTypeError(f"teacher_cache must be a folder path or None, got {self.teacher_cache!r}")
@@ -220,6 +191,12 @@ class DistillConfig(_Common):
         overrides = self.stage1_weights if stage == 1 else self.stage2_weights
         return {name: float(overrides.get(name, w)) for name, w in OBJECTIVES[self.objective].get(stage, {}).items()}
 
+    def term_settings(self) -> Dict[str, Any]:
+        """Every loss term's settings (objectives.TermSettings): defaults, the objective's, then `terms`."""
+        if not isinstance(self.terms, Mapping):
+            raise InputTypeError(f"terms must be a mapping of loss term -> {{setting: value}}, got {self.terms!r}")
+        return term_settings(self.objective, self.terms)
+
     @property
     def objective_stages(self) -> Tuple[int, ...]:
         return tuple(sorted(OBJECTIVES[self.objective]))
@@ -230,6 +207,8 @@ def config_from_dict(cls, values: Mapping[str, Any], source: str = "config"):
     if not isinstance(values, Mapping):
         raise InputTypeError(f"{source} must be a mapping of field -> value, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
+    if "terms" in names:
+        values = renamed_to_terms(values)
     unknown = sorted(set(values) - names)
     if unknown:
         raise InputError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(names)}")
@@ -237,10 +216,35 @@ def config_from_dict(cls, values: Mapping[str, Any], source: str = "config"):
     if "recipe" in values:  # the preset first, the mapping's own fields over it
         if values["recipe"] not in RECIPES:
             raise InputError(f"{source}: recipe must be one of {list(RECIPES)}, got {values['recipe']!r}")
-        values = {**RECIPES[values["recipe"]], **values}
+        preset = RECIPES[values["recipe"]]
+        values = {**preset, **values, "terms": merge_terms(preset.get("terms", {}), values.get("terms", {}))}
     cfg = cls(**values)
     cfg.validate()
     return cfg
+
+
+def merge_terms(base: Mapping[str, Mapping], over: Mapping[str, Mapping]) -> Dict[str, Dict[str, Any]]:
+    """Term settings `over` on top of `base`, setting by setting."""
+    if not isinstance(over, Mapping):
+        raise InputTypeError(f"terms must be a mapping of loss term -> {{setting: value}}, got {over!r}")
+    merged = {term: dict(settings) for term, settings in base.items()}
+    for term, settings in over.items():
+        if not isinstance(settings, Mapping):
+            raise InputTypeError(f"terms.{term} must be a mapping of setting -> value, got {settings!r}")
+        merged.setdefault(term, {}).update(settings)
+    return merged
+
+
+def renamed_to_terms(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """A mapping with the earlier flat fields (RENAMED_FIELDS) moved into `terms`."""
+    values = dict(values)
+    moved: Dict[str, Dict[str, Any]] = {}
+    for old, (term, setting) in RENAMED_FIELDS.items():
+        if old in values:
+            moved.setdefault(term, {})[setting] = values.pop(old)
+    if moved:
+        values["terms"] = merge_terms(moved, values.get("terms") or {})
+    return values
 
 
 def load_config_file(path: str) -> Dict[str, Any]:
@@ -279,4 +283,4 @@ def config_to_dict(cfg) -> Dict[str, Any]:
     return d
 
 
-__all__ = ["STAGE_TERMS", "OBJECTIVES", "KD_REDUCTION", "RECIPES", "CHOICES", "FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]
+__all__ = ["STAGE_TERMS", "OBJECTIVES", "Objective", "RENAMED_FIELDS", "merge_terms", "RECIPES", "CHOICES", "FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]

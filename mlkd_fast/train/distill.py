@@ -35,7 +35,7 @@ from mlkd_fast.train.models import (
     pad_id,
     resolve_device,
 )
-from mlkd_fast.train.objectives import DistillProjections
+from mlkd_fast.train.objectives import DistillProjections, RunPlan, cached_features
 from mlkd_fast.train.rundir import (
     check_output_dir,
     data_fingerprint,
@@ -43,8 +43,8 @@ from mlkd_fast.train.rundir import (
     start_run,
     weights_fingerprint,
 )
-from mlkd_fast.train.stage import check_objective_fits, loss_context, stage_phase
-from mlkd_fast.train.teacher_cache import open_or_build, term_features
+from mlkd_fast.train.stage import loss_context, plan_terms, stage_phase
+from mlkd_fast.train.teacher_cache import open_or_build
 
 
 @dataclass
@@ -98,14 +98,14 @@ def distill(
     if student.config.vocab_size != teacher.config.vocab_size:
         raise InputError(f"the student's vocabulary ({student.config.vocab_size} tokens) differs from the teacher's "
                          f"({teacher.config.vocab_size}): both read the same input_ids")
-    layer_map, minilm_layer = check_objective_fits(teacher, student, cfg, stages)
+    plan, term_settings = plan_terms(teacher, student, cfg, stages, qa=qa)
     dist = Dist.from_env(resolve_device(cfg.device))
     check_global_batch(cfg.batch_size, dist, cfg.grad_accum_steps)
     device = dist.device
     backend = backends.resolve(backend, device)
     train, dev = prepare_splits(train_data, eval_data, cfg, tokenizer=tokenizer, num_labels=num_labels, qa=qa)
-    settings = dict(config_to_dict(cfg), stages=list(stages), stage1_weights=cfg.weights(1), stage2_weights=cfg.weights(2), layer_map=list(layer_map), backend=backend,
-                    train_rows=len(train), task=spec.name if spec else None, minilm_layer=minilm_layer if cfg.objective == "minilmv2" else None,
+    settings = dict(config_to_dict(cfg), stages=list(stages), stage1_weights=cfg.weights(1), stage2_weights=cfg.weights(2), layer_map=list(plan.layer_map), backend=backend,
+                    train_rows=len(train), task=spec.name if spec else None, minilm_layer=term_settings["qkv"].layer if cfg.objective == "minilmv2" else None,
                     teacher_weights=weights_fingerprint(teacher), teacher_shape=model_shape(teacher),
                     student_shape=model_shape(student), train_data=data_fingerprint(train),
                     eval_data=data_fingerprint(dev) if dev is not None else None)
@@ -114,24 +114,23 @@ def distill(
         teacher.to(device).train(cfg.teacher_mode == "train")  # "train": dropout on, as the authors' code runs it
         teacher.requires_grad_(False)
         student.to(device)
-        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map),
+        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(plan.layer_map),
                                          init=cfg.projection_init).to(device)
         regression = num_labels == 1 and not qa
         run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
                   collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
                   tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections}, dist=dist)
-        context = loss_context(cfg, projections, layer_map, minilm_layer, regression, backend, dist)
-        cache = _teacher_cache(cfg, teacher, run, stages, layer_map, minilm_layer, qa) if cfg.teacher_cache else None
-        phases = [stage_phase(s, stages, cfg, teacher, student, projections, context, len(train), output_dir, cache)
-                  for s in stages]
+        context = loss_context(cfg, projections, plan, regression, backend, dist)
+        cache = _teacher_cache(cfg, teacher, run, stages, plan, term_settings) if cfg.teacher_cache else None
+        phases = [stage_phase(s, stages, cfg, teacher, student, projections, context, term_settings, len(train),
+                              output_dir, cache) for s in stages]
         return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
 
-def _teacher_cache(cfg, teacher, run: Run, stages, layer_map, minilm_layer: int, qa: bool):
+def _teacher_cache(cfg, teacher, run: Run, stages, plan: RunPlan, term_settings):
     """The teacher-output cache of this run's training data: built by rank 0 when missing, opened by all."""
-    names = {name for s in stages for term, w in cfg.weights(s).items() if w != 0
-             for name in term_features(term, layer_map, minilm_layer, qa)}
+    names = {name for s in stages for name in cached_features(cfg.weights(s), term_settings, plan)}
     depends_on = dict(teacher=run.settings["teacher_weights"], data=run.settings["train_data"],
                       mha_feature=cfg.mha_feature)
     args = dict(depends_on=depends_on, batch_size=cfg.eval_batch_size, collate=run.collate, device=run.device,

@@ -24,7 +24,7 @@ from mlkd_fast.train.loop import Run, RunResult, run_phases
 from mlkd_fast.train.models import check_fits, pad_id, resolve_device
 from mlkd_fast.train.objectives import DistillProjections
 from mlkd_fast.train.rundir import check_output_dir, data_fingerprint, model_shape, start_run, weights_fingerprint
-from mlkd_fast.train.stage import check_objective_fits, loss_context, stage_phase
+from mlkd_fast.train.stage import plan_terms, loss_context, stage_phase
 
 
 @dataclass
@@ -69,12 +69,12 @@ def general_distill(
         raise InputError("student is the teacher itself: build a separate student (build_student)")
     for role, model in (("teacher", teacher), ("student", student)):
         check_fits(model, role, cfg.max_seq_length, tokenizer)
-    layer_map, minilm_layer = check_objective_fits(teacher, student, cfg, (1,))
+    plan, term_settings = plan_terms(teacher, student, cfg, (1,))
     dist = Dist.from_env(resolve_device(cfg.device))
     check_global_batch(cfg.batch_size, dist, cfg.grad_accum_steps)
     backend = backends.resolve(backend, dist.device)
     train = packed_corpus(corpus, tokenizer, cfg.max_seq_length, os.path.join(output_dir + ".corpus"))
-    settings = dict(config_to_dict(cfg), stage1_weights=cfg.weights(1), layer_map=list(layer_map), backend=backend,
+    settings = dict(config_to_dict(cfg), stage1_weights=cfg.weights(1), layer_map=list(plan.layer_map), backend=backend,
                     train_rows=len(train), teacher_weights=weights_fingerprint(teacher),
                     teacher_shape=model_shape(teacher), student_shape=model_shape(student),
                     train_data=data_fingerprint(train))
@@ -82,15 +82,15 @@ def general_distill(
         checkpoint.seed_everything(cfg.seed)
         teacher.to(dist.device).train(cfg.teacher_mode == "train").requires_grad_(False)
         student.to(dist.device)
-        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(layer_map),
+        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(plan.layer_map),
                                          init=cfg.projection_init).to(dist.device)
         run = Run(kind="general", config=cfg, output_dir=output_dir, settings=settings, model=student,
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=None, task=None,
                   collate=Collator(pad_id(teacher, tokenizer)), device=dist.device, tokenizer=tokenizer,
                   progress=progress, extra_modules={"projections": projections}, dist=dist)
-        context = loss_context(cfg, projections, layer_map, minilm_layer, False, backend, dist)
-        phase = stage_phase(1, (1,), cfg, teacher, student, projections, context, len(train), output_dir,
-                            label="general")
+        context = loss_context(cfg, projections, plan, False, backend, dist)
+        phase = stage_phase(1, (1,), cfg, teacher, student, projections, context, term_settings, len(train),
+                            output_dir, label="general")
         return GeneralDistillResult.of(run, run_phases(run, [phase], saved), student_dir=run.model_dir)
 
 

@@ -1,23 +1,26 @@
 """Distillation loss terms, registered by name, and the stage objectives as weighted sums.
 
-Every term is `fn(teacher: Features, student: Features, ctx: LossContext) -> 0-dim tensor`.
+A term is one `Term` (register_term): its function `fn(teacher: Features, student: Features,
+ctx: LossContext, opts) -> 0-dim tensor`, its unit, the features it reads (and so what the teacher cache
+stores for it), its own settings (a TermSettings dataclass, set as `term.setting` in DistillConfig.terms or
+with the CLI's --set), the projection it trains and its fit check against the two models. Adding a term
+with a setting is one block in this file; config, CLI, teacher cache and both trainers read the registry.
 MLKD stage 1: "emb" (L_EMB), "mha" (L_MHA), "ffn" (L_FFN); stage 2: "ss" (L_SS), "sc" (L_SC), "kd" (L_KD).
 The rivals (config.OBJECTIVES) add "ce" (hard labels), "att" (TinyBERT's attention scores) and
 "qkv" (MiniLMv2's self-attention relations); "ffn" doubles as TinyBERT's embedding + hidden-state MSE.
-A stage's objective is sum_name weight[name] * term(name); weights and
-temperatures are explicit fields of the context/config, never hidden defaults.
+A stage's objective is sum_name weight[name] * term(name).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mlkd_fast.errors import InputError
+from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import (
     relation_kl,
     sample_contrastive,
@@ -25,40 +28,112 @@ from mlkd_fast.ops import (
     soft_cross_entropy,
 )
 from mlkd_fast.train.capture import split_heads
-from mlkd_fast.train.config import OBJECTIVES, STAGE_TERMS
+from mlkd_fast.train.checks import check_float, check_int
 from mlkd_fast.train.distributed import SINGLE, Dist
 from mlkd_fast.train.features import PARTS, Features
 
-LossFn = Callable[[Features, Features, "LossContext"], torch.Tensor]
-LOSSES: Dict[str, LossFn] = {}
+LossFn = Callable[[Features, Features, "LossContext", "TermSettings"], torch.Tensor]
 # What each term averages over, so that data parallelism keeps it the global-batch value (distributed.py):
 # "token": a mean over the batch's real tokens; "sample": a mean over its samples; "global": computed on the
 # [CLS] features gathered from every rank (already the global value on each rank).
 UNITS = ("token", "sample", "global")
-LOSS_UNITS: Dict[str, str] = {}
-# What each term reads: the optional Features parts (features.PARTS) and whether it needs the teacher at all
-LOSS_NEEDS: Dict[str, Tuple[str, ...]] = {}
-LOSS_USES_TEACHER: Dict[str, bool] = {}
 
 
-def register_loss(name: str, unit: str, needs: Sequence[str] = (), teacher: bool = True):
-    """Register `fn(teacher_features, student_features, ctx)` as loss term `name` (see the module doc)."""
+@dataclass(frozen=True)
+class TermSettings:
+    """A term's own settings (none here): a term with settings subclasses this with fields that have defaults,
+    and checks them in `validate`. Configs name them `term.setting` (DistillConfig.terms, CLI --set)."""
+
+    def validate(self, term: str) -> None:
+        """Raise InputError naming `term.field` for a bad value."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the two models fix for a run, shared by every term's fit check and cached-feature list."""
+
+    layer_map: Tuple[int, ...]  # student layer n (1-based) -> teacher layer layer_map[n-1]
+    teacher_layers: int
+    splits: int  # A: MHA-splits of L_MHA, relation heads of "qkv"
+    qa: bool = False  # question answering: start/end logits instead of class logits
+
+
+def _no_projection(projections: "DistillProjections", opts: TermSettings) -> Optional[nn.Module]:
+    return None
+
+
+def _fits_anything(teacher: nn.Module, student: nn.Module, opts: TermSettings, plan: RunPlan) -> TermSettings:
+    return opts
+
+
+@dataclass(frozen=True)
+class Term:
+    """One loss term, everything about it in one place.
+
+    fn(teacher_features, student_features, ctx, opts) -> 0-dim tensor, opts an instance of `settings`.
+    unit: what it averages over (UNITS). needs: the optional Features parts it reads (features.PARTS).
+    teacher: whether it reads the teacher at all. cached(opts, plan): the teacher-cache feature names it reads
+    (teacher_cache.py stores exactly these). trains(projections, opts): the projection it trains, or None.
+    fits(teacher, student, opts, plan): checks the two models suit the term (InputError otherwise) and returns
+    the settings resolved against them (e.g. a default teacher layer).
+    """
+
+    name: str
+    fn: LossFn
+    unit: str
+    needs: Tuple[str, ...] = ()
+    teacher: bool = True
+    settings: type = TermSettings
+    cached: Callable[[TermSettings, RunPlan], List[str]] = lambda opts, plan: []
+    trains: Callable[["DistillProjections", TermSettings], Optional[nn.Module]] = _no_projection
+    fits: Callable[[nn.Module, nn.Module, TermSettings, RunPlan], TermSettings] = _fits_anything
+
+    def __call__(self, t: Optional[Features], s: Features, ctx: "LossContext",
+                 opts: Optional[TermSettings] = None) -> torch.Tensor:
+        return self.fn(t, s, ctx, self.settings() if opts is None else opts)
+
+    def make_settings(self, values: Mapping[str, Any]) -> TermSettings:
+        """This term's settings from a mapping of overrides, checked (unknown names are an InputError)."""
+        if not isinstance(values, Mapping):
+            raise InputTypeError(f"terms.{self.name} must be a mapping of setting -> value, got {values!r}")
+        known = [f.name for f in fields(self.settings)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InputError(f"{self.name}.{unknown[0]}: not a setting of loss term {self.name!r}; "
+                             f"its settings: {known or 'none'}")
+        opts = self.settings(**values)
+        opts.validate(self.name)
+        return opts
+
+
+TERMS: Dict[str, Term] = {}
+LOSSES = TERMS  # the registry by its older name: LOSSES[name](teacher, student, ctx) runs a term
+
+
+def register_term(name: str, unit: str, needs: Sequence[str] = (), teacher: bool = True,
+                  settings: type = TermSettings, cached=None, trains=None, fits=None):
+    """Register `fn(teacher_features, student_features, ctx, opts)` as loss term `name` (see Term)."""
     if unit not in UNITS:
         raise InputError(f"unit must be one of {UNITS}, got {unit!r}")
     bad = sorted(set(needs) - set(PARTS))
     if bad:
         raise InputError(f"needs: {bad} are not Features parts {PARTS}")
+    if not (isinstance(settings, type) and issubclass(settings, TermSettings) and is_dataclass(settings)):
+        raise InputTypeError(f"settings of term {name!r} must be a TermSettings dataclass, got {settings!r}")
 
-    def wrap(fn: LossFn) -> LossFn:
-        if name in LOSSES:
+    def wrap(fn: LossFn) -> Term:
+        if name in TERMS:
             raise InputError(f"loss {name!r} is already registered")
-        LOSSES[name] = fn
-        LOSS_UNITS[name] = unit
-        LOSS_NEEDS[name] = tuple(needs)
-        LOSS_USES_TEACHER[name] = teacher
+        extra = {k: v for k, v in dict(cached=cached, trains=trains, fits=fits).items() if v is not None}
+        TERMS[name] = Term(name, fn, unit, tuple(needs), teacher, settings, **extra)
         return fn
 
     return wrap
+
+
+def check_choice(term: str, setting: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise InputError(f"{term}.{setting} must be one of {list(allowed)}, got {value!r}")
 
 
 class DistillProjections(nn.Module):
@@ -91,21 +166,16 @@ class DistillProjections(nn.Module):
 
 @dataclass
 class LossContext:
-    """Everything a loss term needs besides the two models' features."""
+    """Everything a loss term reads besides the two models' features and its own settings: the batch's mask,
+    labels and targets, and what the run fixed (layer map, projections, op backend, ranks)."""
 
     mask: torch.Tensor  # (B, L) bool, True = real token
     layer_map: Tuple[int, ...]  # student layer n (1-based) -> teacher layer layer_map[n-1]
     projections: DistillProjections
-    labels: Optional[torch.Tensor] = None  # (B,) L_SC's positive ids (class ids, or equal-score ids); None = views
+    labels: Optional[torch.Tensor] = None  # (B,) the batch's labels (class ids or scores); None = unlabelled
     targets: Optional[torch.Tensor] = None  # (B,) labels as given (class ids or scores), or (B, 2) answer spans
     is_regression: bool = False
     splits: int = 12  # A: MHA-splits for L_MHA, relation heads for "qkv"
-    sc_temperature: float = 0.07
-    sc_base_temperature: float = 1.0
-    sc_projection: str = "fresh"  # DistillProjections.sc_map
-    kd_temperature: float = 1.0
-    kd_reduction: str = "mean"  # the authors' `.mean()` over batch and classes; "batchmean" adds Hinton's T^2
-    minilm_layer: int = 0  # "qkv": the teacher layer (1-based) whose relations the student's last layer learns
     backend: str = "auto"
     dist: Dist = SINGLE  # the ranks of a data-parallel run (identities on one process)
     relations: str = "global"  # data parallel: sample relations over the global batch, or "local" per rank
@@ -125,19 +195,61 @@ class LossContext:
         return self.gathered[key][1]
 
 
+class Objective(Dict[int, Dict[str, float]]):
+    """An objective: stage -> {loss term: default weight}, and `settings`: term -> {setting: value}, the
+    objective's own term settings (over the term's defaults, under a config's `terms`)."""
+
+    def __init__(self, stages: Mapping[int, Mapping[str, float]], settings: Optional[Mapping[str, Mapping]] = None):
+        super().__init__({stage: dict(terms) for stage, terms in stages.items()})
+        self.settings: Dict[str, Dict[str, Any]] = {k: dict(v) for k, v in (settings or {}).items()}
+
+
+# The objectives `distill` trains, by name: per stage, each loss term (its registry name in train/objectives.py)
+# and its default weight. Stage 1 distils the intermediate layers, stage 2 the prediction layer; one-stage
+# objectives run stage 2 only.
+# The soft cross-entropy's reduction is the objective's: the authors' MLKD code divides by B * C ("mean"),
+# Hinton KD, TinyBERT and MiniLM by B ("batchmean", times T^2).
+_HINTON = {"kd": {"reduction": "batchmean"}}
+OBJECTIVES: Dict[str, Objective] = {
+    # MLKD-BERT (docs/method.md): relation and feature terms, then sample relations and soft labels
+    "mlkd": Objective({1: {"emb": 1.0, "mha": 1.0, "ffn": 1.0}, 2: {"ss": 1.0, "sc": 1.0, "kd": 1.0}}),
+    # plain fine-tuning of the student on the hard labels (CE; MSE for regression): no teacher
+    "ft": Objective({2: {"ce": 1.0}}),
+    # Hinton KD: alpha * soft CE at T (times T^2) + (1 - alpha) * hard CE; alpha = 0.5
+    "kd": Objective({2: {"kd": 0.5, "ce": 0.5}}, _HINTON),
+    # TinyBERT: embedding + hidden-state MSE through learned projections, per-head attention-score MSE; soft CE
+    "tinybert": Objective({1: {"ffn": 1.0, "att": 1.0}, 2: {"kd": 1.0}}, _HINTON),
+    # MiniLMv2: Q-Q, K-K, V-V relations of one upper teacher layer against the student's last layer; soft CE
+    "minilmv2": Objective({1: {"qkv": 1.0}, 2: {"kd": 1.0}}, _HINTON),
+}
+STAGE_TERMS = {stage: tuple(terms) for stage, terms in OBJECTIVES["mlkd"].items()}
+
 def _acc(x: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 features are compared in fp32; fp32/fp64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-@register_loss("emb", unit="token", needs=("token_embeddings",))
-def embedding_relation_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
+def _split_fit(term: str):
+    """A fit check for terms that cut the hidden states into `splits` equal parts."""
+    def fits(teacher: nn.Module, student: nn.Module, opts: TermSettings, plan: RunPlan) -> TermSettings:
+        for who, model in (("teacher", teacher), ("student", student)):
+            width = model.config.hidden_size
+            if width % plan.splits != 0:
+                raise InputError(f"splits={plan.splits} does not divide the {who}'s hidden size {width} "
+                                 f"({term} needs equal splits)")
+        return opts
+    return fits
+
+
+@register_term("emb", unit="token", needs=("token_embeddings",), cached=lambda opts, plan: ["tok"])
+def embedding_relation_loss(t: Features, s: Features, ctx: LossContext, opts: TermSettings) -> torch.Tensor:
     """L_EMB: token-similarity relation of LayerNorm(word embeddings), one split."""
     return relation_kl(t.token_embeddings, s.token_embeddings, 1, ctx.mask, backend=ctx.backend)
 
 
-@register_loss("mha", unit="token", needs=("mha",))
-def attention_relation_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
+@register_term("mha", unit="token", needs=("mha",), fits=_split_fit("L_MHA"),
+               cached=lambda opts, plan: [f"mha{m}" for m in plan.layer_map])
+def attention_relation_loss(t: Features, s: Features, ctx: LossContext, opts: TermSettings) -> torch.Tensor:
     """L_MHA: sum over student layers of the relation KL of MHA outputs over A splits."""
     total = 0.0
     for n, m in enumerate(ctx.layer_map, start=1):
@@ -154,8 +266,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Te
     return ((pred - target) ** 2 * w).sum() / n.clamp_min(1.0)
 
 
-@register_loss("ffn", unit="token")
-def hidden_state_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
+@register_term("ffn", unit="token", trains=lambda projections, opts: projections.hidden,
+               cached=lambda opts, plan: ["hid0"] + [f"hid{m}" for m in plan.layer_map])
+def hidden_state_loss(t: Features, s: Features, ctx: LossContext, opts: TermSettings) -> torch.Tensor:
     """L_FFN: sum over n = 0..N of MSE(H_s,n W_n, H_t,m(n)), with m(0) = 0."""
     teacher_index = (0,) + tuple(ctx.layer_map)
     total = 0.0
@@ -165,41 +278,79 @@ def hidden_state_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tenso
     return total
 
 
-@register_loss("ss", unit="global")
-def sample_similarity_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
+@register_term("ss", unit="global", cached=lambda opts, plan: ["cls"])
+def sample_similarity_loss(t: Features, s: Features, ctx: LossContext, opts: TermSettings) -> torch.Tensor:
     """L_SS: relation KL of the B x B [CLS] similarity matrices (student unprojected), over the global batch."""
     return sample_relation_kl(ctx.gather(t.cls), ctx.gather(s.cls), backend=ctx.backend)
 
 
-@register_loss("sc", unit="global")
-def sample_contrastive_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
+@dataclass(frozen=True)
+class ContrastiveSettings(TermSettings):
+    temperature: float = 0.07  # tau
+    base_temperature: float = 1.0  # the loss is scaled by tau / base_temperature (SupCon's convention)
+    # the map of the student's [CLS]: a fresh Linear W ("fresh"), or stage 1's W_N of the last layer ("ffn")
+    projection: str = "fresh"
+    # regression tasks: positives are the other view only ("views"), or samples with equal scores too
+    regression_positives: str = "views"
+
+    def validate(self, term: str) -> None:
+        check_float(f"{term}.temperature", self.temperature)
+        check_float(f"{term}.base_temperature", self.base_temperature)
+        check_choice(term, "projection", self.projection, ("fresh", "ffn"))
+        check_choice(term, "regression_positives", self.regression_positives, ("views", "equal_scores"))
+
+
+def positive_ids(labels: Optional[torch.Tensor], is_regression: bool, opts: ContrastiveSettings) -> Optional[torch.Tensor]:
+    """L_SC's positives: class ids; for regression the other view only (None), or with equal-score positives
+    (the authors') one id per distinct score. Unlabelled data (None): None, each sample's other view."""
+    if labels is None or not is_regression:
+        return labels
+    return torch.unique(labels, return_inverse=True)[1] if opts.regression_positives == "equal_scores" else None
+
+
+@register_term("sc", unit="global", settings=ContrastiveSettings, cached=lambda opts, plan: ["cls"],
+               trains=lambda projections, opts: projections.sc_map(opts.projection))
+def sample_contrastive_loss(t: Features, s: Features, ctx: LossContext, opts: ContrastiveSettings) -> torch.Tensor:
     """L_SC: supervised contrastive loss of [W h_s; h_t]; positives = same label (or the other view)."""
-    z_s = ctx.gather(ctx.projections.sc_map(ctx.sc_projection)(s.cls))
-    labels = None if ctx.labels is None else ctx.gather(ctx.labels)
+    z_s = ctx.gather(ctx.projections.sc_map(opts.projection)(s.cls))
+    labels = positive_ids(ctx.labels, ctx.is_regression, opts)
     return sample_contrastive(
         ctx.gather(t.cls),
         z_s,
-        labels,
-        temperature=ctx.sc_temperature,
-        base_temperature=ctx.sc_base_temperature,
+        None if labels is None else ctx.gather(labels),
+        temperature=opts.temperature,
+        base_temperature=opts.base_temperature,
         backend=ctx.backend,
     )
 
 
-@register_loss("kd", unit="sample")
-def soft_label_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
+@dataclass(frozen=True)
+class SoftLabelSettings(TermSettings):
+    temperature: float = 1.0  # T
+    # "mean": the authors' MLKD code divides the soft cross-entropy by B * C; "batchmean": Hinton's, by B,
+    # times T^2 (each objective states its own in config.OBJECTIVES)
+    reduction: str = "mean"
+
+    def validate(self, term: str) -> None:
+        check_float(f"{term}.temperature", self.temperature)
+        check_choice(term, "reduction", self.reduction, ("mean", "batchmean"))
+
+
+@register_term("kd", unit="sample", settings=SoftLabelSettings,
+               cached=lambda opts, plan: ["start", "end"] if plan.qa else ["logits"])
+def soft_label_loss(t: Features, s: Features, ctx: LossContext, opts: SoftLabelSettings) -> torch.Tensor:
     """L_KD: soft cross-entropy at temperature T (times T^2 with "batchmean", Hinton's scaling); MSE on the
     logits for regression tasks; for question answering the mean of the start and end distributions'
     soft cross-entropies over each window's real tokens (per window, batchmean)."""
     if s.start_logits is not None:
         pairs = ((t.start_logits, s.start_logits), (t.end_logits, s.end_logits))
-        loss = sum(soft_cross_entropy(_masked(tl, ctx.mask), _masked(sl, ctx.mask), temperature=ctx.kd_temperature)
+        loss = sum(soft_cross_entropy(_masked(tl, ctx.mask), _masked(sl, ctx.mask), temperature=opts.temperature)
                    for tl, sl in pairs) / 2
     elif ctx.is_regression:
         return F.mse_loss(_acc(s.logits).view(-1), _acc(t.logits).view(-1))
     else:
-        loss = soft_cross_entropy(t.logits, s.logits, temperature=ctx.kd_temperature, reduction=ctx.kd_reduction)
-    return loss * ctx.kd_temperature ** 2 if ctx.kd_reduction == "batchmean" else loss
+        loss = soft_cross_entropy(t.logits, s.logits, temperature=opts.temperature, reduction=opts.reduction)
+    return loss * opts.temperature ** 2 if opts.reduction == "batchmean" else loss
 
 
 def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -217,8 +368,8 @@ def supervised_loss(s: Features, targets: torch.Tensor, is_regression: bool) -> 
     return F.cross_entropy(_acc(s.logits), targets)
 
 
-@register_loss("ce", unit="sample", teacher=False)
-def hard_label_loss(t: Optional[Features], s: Features, ctx: LossContext) -> torch.Tensor:
+@register_term("ce", unit="sample", teacher=False)
+def hard_label_loss(t: Optional[Features], s: Features, ctx: LossContext, opts: TermSettings) -> torch.Tensor:
     """Hard labels (supervised_loss). Reads no teacher."""
     return supervised_loss(s, ctx.targets, ctx.is_regression)
 
@@ -235,8 +386,18 @@ def masked_score_mse(t_q, t_k, s_q, s_k, heads: int, mask: torch.Tensor) -> torc
     return diff.sum() / (pairs.sum() * heads).clamp_min(1.0)
 
 
-@register_loss("att", unit="token", needs=("qkv",))
-def attention_score_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
+def _same_heads(teacher: nn.Module, student: nn.Module, opts: TermSettings, plan: RunPlan) -> TermSettings:
+    t_heads, s_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
+    if t_heads != s_heads:
+        raise InputError(f"the attention-score loss ('att', objective tinybert) compares head h with head h, but "
+                         f"the teacher has {t_heads} heads and the student {s_heads}; build the student with "
+                         f"{t_heads} heads (mlkd and minilmv2 take any head count)")
+    return opts
+
+
+@register_term("att", unit="token", needs=("qkv",), fits=_same_heads,
+               cached=lambda opts, plan: [f"{x}{m}" for m in plan.layer_map for x in "qk"])
+def attention_score_loss(t: Features, s: Features, ctx: LossContext, opts: TermSettings) -> torch.Tensor:
     """TinyBERT's attention loss: sum over student layers of the per-head MSE of the attention scores of
     layer n and teacher layer m(n) (padding left out). Head h is compared with head h: equal head counts."""
     if t.heads != s.heads:
@@ -250,31 +411,57 @@ def attention_score_loss(t: Features, s: Features, ctx: LossContext) -> torch.Te
     return total
 
 
-@register_loss("qkv", unit="token", needs=("qkv",))
-def self_attention_relation_loss(t: Features, s: Features, ctx: LossContext) -> torch.Tensor:
+@dataclass(frozen=True)
+class RelationLayerSettings(TermSettings):
+    layer: Optional[int] = None  # the teacher layer (1-based); None: round(7/8 M), as 21 of 24 in MiniLMv2
+
+    def validate(self, term: str) -> None:
+        if self.layer is not None:
+            check_int(f"{term}.layer", self.layer, 1)
+
+
+def _relation_layer_fits(teacher, student, opts: RelationLayerSettings, plan: RunPlan) -> RelationLayerSettings:
+    _split_fit("the qkv relations")(teacher, student, opts, plan)
+    layer = opts.layer or max(1, round(plan.teacher_layers * 7 / 8))
+    if layer > plan.teacher_layers:
+        raise InputError(f"qkv.layer={layer} but the teacher has {plan.teacher_layers} layers")
+    return replace(opts, layer=layer)
+
+
+@register_term("qkv", unit="token", needs=("qkv",), settings=RelationLayerSettings, fits=_relation_layer_fits,
+               cached=lambda opts, plan: [f"{x}{opts.layer}" for x in "qkv"])
+def self_attention_relation_loss(t: Features, s: Features, ctx: LossContext, opts: RelationLayerSettings) -> torch.Tensor:
     """MiniLMv2: the Q-Q, K-K and V-V relation KLs (ctx.splits relation heads, independent of either model's
-    head count) of teacher layer ctx.minilm_layer against the student's last layer, summed."""
-    t_qkv, s_qkv = t.qkv[ctx.minilm_layer - 1], s.qkv[-1]
+    head count) of teacher layer `qkv.layer` against the student's last layer, summed."""
+    layer = opts.layer or max(1, round(len(t.qkv) * 7 / 8))
+    t_qkv, s_qkv = t.qkv[layer - 1], s.qkv[-1]
     return sum(relation_kl(tx, sx, ctx.splits, ctx.mask, backend=ctx.backend) for tx, sx in zip(t_qkv, s_qkv))
 
 
+# ----------------------------------------------------------------------------- a stage: weighted terms
+
+
 def stage_loss(
-    weights: Mapping[str, float], teacher: Features, student: Features, ctx: LossContext
+    weights: Mapping[str, float], teacher: Features, student: Features, ctx: LossContext,
+    settings: Optional[Mapping[str, TermSettings]] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """sum_name weights[name] * LOSSES[name]; terms with weight 0 are skipped.
+    """sum_name weights[name] * TERMS[name], each with its settings (defaults where `settings` has none);
+    terms with weight 0 are skipped.
 
     Returns the total (for backward) and each term's value (for logging).
     """
-    unknown = sorted(set(weights) - set(LOSSES))
+    unknown = sorted(set(weights) - set(TERMS))
     if unknown:
-        raise InputError(f"unknown loss term(s) {unknown}; registered: {sorted(LOSSES)}")
+        raise InputError(f"unknown loss term(s) {unknown}; registered: {sorted(TERMS)}")
+    settings = settings or {}
     total = None
     values: Dict[str, float] = {}
     for name, w in weights.items():
         if w == 0:
             continue
-        term = LOSSES[name](teacher, student, ctx)
-        unit = LOSS_UNITS[name]
+        spec = TERMS[name]
+        term = spec(teacher, student, ctx, settings.get(name))
+        unit = spec.unit
         if unit == "global" and ctx.relations == "local":
             unit = "sample"  # each rank's relation over its own shard, averaged over ranks
         share = ctx.shares.get(unit, 1.0)
@@ -301,11 +488,53 @@ def stage_weights(stage: int, overrides: Optional[Mapping[str, float]] = None, o
     return weights
 
 
+def active(weights: Mapping[str, float]) -> List[str]:
+    return [name for name, w in weights.items() if w != 0]
+
+
 def stage_needs(weights: Mapping[str, float]) -> Tuple[Dict[str, bool], bool]:
     """What the terms with non-zero weight read: the Features parts to capture, and whether the teacher runs."""
-    active = [name for name, w in weights.items() if w != 0]
-    parts = {part: any(part in LOSS_NEEDS[name] for name in active) for part in PARTS}
-    return parts, any(LOSS_USES_TEACHER[name] for name in active)
+    names = active(weights)
+    parts = {part: any(part in TERMS[name].needs for name in names) for part in PARTS}
+    return parts, any(TERMS[name].teacher for name in names)
+
+
+def cached_features(weights: Mapping[str, float], settings: Mapping[str, TermSettings], plan: RunPlan) -> List[str]:
+    """The teacher-cache feature names the terms with non-zero weight read (each term says which)."""
+    return sorted({f for name in active(weights) for f in TERMS[name].cached(settings[name], plan)})
+
+
+def trained_projections(weights: Mapping[str, float], settings: Mapping[str, TermSettings],
+                        projections: DistillProjections) -> List[nn.Module]:
+    """The projections the terms with non-zero weight train, each once."""
+    found: Dict[int, nn.Module] = {}
+    for name in active(weights):
+        module = TERMS[name].trains(projections, settings[name])
+        if module is not None:
+            found.setdefault(id(module), module)
+    return list(found.values())
+
+
+def term_settings(objective: str, overrides: Mapping[str, Mapping[str, Any]]) -> Dict[str, TermSettings]:
+    """Every term's settings for `objective`: the term's defaults, then the objective's own (OBJECTIVES), then
+    `overrides` (term -> {setting: value}), checked."""
+    unknown = sorted(set(overrides) - set(TERMS))
+    if unknown:
+        raise InputError(f"terms: {unknown[0]!r} is not a loss term; registered: {sorted(TERMS)}")
+    for name, given in overrides.items():
+        if not isinstance(given, Mapping):
+            raise InputTypeError(f"terms.{name} must be a mapping of setting -> value, got {given!r}")
+    own = OBJECTIVES[objective].settings
+    return {name: spec.make_settings({**own.get(name, {}), **overrides.get(name, {})}) for name, spec in TERMS.items()}
+
+
+def fit_terms(teacher: nn.Module, student: nn.Module, weights: Mapping[str, float],
+              settings: Mapping[str, TermSettings], plan: RunPlan) -> Dict[str, TermSettings]:
+    """Each active term's fit check against the two models; the settings resolved against them."""
+    resolved = dict(settings)
+    for name in active(weights):
+        resolved[name] = TERMS[name].fits(teacher, student, settings[name], plan)
+    return resolved
 
 
 def token_embedding_relation_input(word_embeddings: nn.Embedding, layer_norm: nn.LayerNorm, input_ids: torch.Tensor) -> torch.Tensor:
@@ -314,17 +543,24 @@ def token_embedding_relation_input(word_embeddings: nn.Embedding, layer_norm: nn
 
 
 __all__: Sequence[str] = [
+    "TERMS",
     "LOSSES",
-    "LOSS_UNITS",
+    "OBJECTIVES",
+    "Objective",
     "STAGE_TERMS",
     "DistillProjections",
     "LossContext",
-    "register_loss",
+    "RunPlan",
+    "Term",
+    "TermSettings",
+    "register_term",
     "stage_loss",
     "stage_weights",
     "stage_needs",
-    "LOSS_NEEDS",
-    "LOSS_USES_TEACHER",
+    "term_settings",
+    "fit_terms",
+    "cached_features",
+    "trained_projections",
     "masked_mse",
     "supervised_loss",
     "token_embedding_relation_input",

@@ -7,81 +7,57 @@ hf.py): which features each model yields, the loss context, and the weighted sum
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from mlkd_fast.data.batching import num_batches
-from mlkd_fast.errors import InputError
 from mlkd_fast.train.capture import capture_features
-from mlkd_fast.train.config import KD_REDUCTION, DistillConfig
+from mlkd_fast.train.config import DistillConfig
 from mlkd_fast.train.distributed import SINGLE, Dist
 from mlkd_fast.train.encoders import encoder_layout
 from mlkd_fast.train.features import Features
 from mlkd_fast.train.layer_map import resolve_layer_map
 from mlkd_fast.train.loop import Phase
-from mlkd_fast.train.objectives import DistillProjections, LossContext, stage_loss, stage_needs
+from mlkd_fast.train.objectives import (DistillProjections, LossContext, RunPlan, TermSettings, fit_terms, stage_loss,
+                                        stage_needs, trained_projections)
 from mlkd_fast.train.optim import constant_schedule, linear_schedule, make_optimizer, optimized_params
 
 
-def check_objective_fits(teacher, student, cfg: DistillConfig, stages: Sequence[int]) -> Tuple[tuple, int]:
-    """The layer map and the minilmv2 teacher layer, after checking that the configured terms fit the two
-    models' shapes."""
+def plan_terms(teacher, student, cfg: DistillConfig, stages: Sequence[int], qa: bool = False
+               ) -> Tuple[RunPlan, Dict[str, TermSettings]]:
+    """The run's plan (layer map, ...) and every term's settings resolved against the two models, after each
+    configured term has checked that it fits them."""
     t_layers, s_layers = encoder_layout(teacher).layers, encoder_layout(student).layers
-    layer_map = resolve_layer_map(cfg.layer_map, len(t_layers), len(s_layers))
-    weights = {name: w for stage in stages for name, w in cfg.weights(stage).items() if w != 0}
-    if "mha" in weights or "qkv" in weights:
-        term = "L_MHA" if "mha" in weights else "the qkv relations"
-        for who, model in (("teacher", teacher), ("student", student)):
-            width = model.config.hidden_size
-            if width % cfg.splits != 0:
-                raise InputError(f"splits={cfg.splits} does not divide the {who}'s hidden size {width} ({term} needs equal splits)")
-    t_heads, s_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
-    if "att" in weights and t_heads != s_heads:
-        raise InputError(f"objective {cfg.objective!r}: the attention-score loss compares head h with head h, but the "
-                         f"teacher has {t_heads} heads and the student {s_heads}; build the student with {t_heads} "
-                         "heads (mlkd and minilmv2 take any head count)")
-    minilm_layer = cfg.minilm_teacher_layer or max(1, round(len(t_layers) * 7 / 8))
-    if minilm_layer > len(t_layers):
-        raise InputError(f"minilm_teacher_layer={minilm_layer} but the teacher has {len(t_layers)} layers")
-    return layer_map, minilm_layer
+    plan = RunPlan(layer_map=resolve_layer_map(cfg.layer_map, len(t_layers), len(s_layers)),
+                   teacher_layers=len(t_layers), splits=cfg.splits, qa=qa)
+    weights = {name: w for stage in stages for name, w in cfg.weights(stage).items()}
+    return plan, fit_terms(teacher, student, weights, cfg.term_settings(), plan)
 
 
-def loss_context(cfg: DistillConfig, projections: DistillProjections, layer_map, minilm_layer: int,
-                 regression: bool, backend: str, dist: Dist = SINGLE) -> Dict:
+def loss_context(cfg: DistillConfig, projections: DistillProjections, plan: RunPlan, regression: bool,
+                 backend: str, dist: Dist = SINGLE) -> Dict:
     """The fields of every step's LossContext that do not depend on the batch."""
-    return dict(layer_map=layer_map, projections=projections, is_regression=regression, splits=cfg.splits,
-                sc_temperature=cfg.sc_temperature, sc_base_temperature=cfg.sc_base_temperature,
-                sc_projection=cfg.sc_projection, kd_temperature=cfg.kd_temperature,
-                kd_reduction=KD_REDUCTION[cfg.objective], minilm_layer=minilm_layer, backend=backend, dist=dist,
-                relations=cfg.relations)
+    return dict(layer_map=plan.layer_map, projections=projections, is_regression=regression, splits=plan.splits,
+                backend=backend, dist=dist, relations=cfg.relations)
 
 
 class StageObjective:
-    """Stage `stage` of cfg.objective: its weighted terms, and what they need captured."""
+    """Stage `stage` of cfg.objective: its weighted terms with their settings, and what they need captured."""
 
-    def __init__(self, stage: int, cfg: DistillConfig, context: Dict, cache=None):
+    def __init__(self, stage: int, cfg: DistillConfig, context: Dict, settings: Dict[str, TermSettings], cache=None):
         self.stage = stage
         self.cache = cache  # a teacher_cache.TeacherCache: the teacher's features read back, not recomputed
         self.weights = cfg.weights(stage)
+        self.settings = settings
         parts, self.uses_teacher = stage_needs(self.weights)
         self.capture = dict(parts, mha_before_dropout=cfg.mha_feature == "before_dropout")
         self.context = context
-        self.equal_score_positives = cfg.sc_regression_positives == "equal_scores"
 
-    def trained_projections(self, projections: DistillProjections, cfg: DistillConfig) -> Optional[nn.Module]:
-        """The projections this stage trains: stage 1's W_n when L_FFN is on, L_SC's map when L_SC is on."""
-        if self.stage == 1:
-            return projections.hidden if self.weights.get("ffn", 0) else None
-        return projections.sc_map(cfg.sc_projection) if self.weights.get("sc", 0) else None
-
-    def positive_ids(self, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """L_SC's positives: class ids; for regression the other view only (None), or with equal-score
-        positives (the authors') one id per distinct score. Unlabelled data (None): None."""
-        if labels is None or not self.context["is_regression"]:
-            return labels
-        return torch.unique(labels, return_inverse=True)[1] if self.equal_score_positives else None
+    def trained_projections(self, projections: DistillProjections) -> List[nn.Module]:
+        """The projections this stage's terms train (stage 1's W_n for L_FFN, L_SC's map for L_SC)."""
+        return trained_projections(self.weights, self.settings, projections)
 
     def __call__(self, teacher: nn.Module, student: nn.Module, batch, call: Optional[nn.Module] = None,
                  clock: Optional[Callable[[str], None]] = None) -> Tuple[torch.Tensor, Dict[str, float], Features]:
@@ -100,9 +76,9 @@ class StageObjective:
         tick("student")
         mask = batch["attention_mask"].bool()
         shares = self.context["dist"].shares({"token": int(mask.sum()), "sample": mask.shape[0]})
-        ctx = LossContext(mask=mask, labels=self.positive_ids(batch.get("labels")), targets=targets(batch),
-                          shares=shares, **self.context)
-        loss, terms = stage_loss(self.weights, t_feat, s_feat, ctx)
+        ctx = LossContext(mask=mask, labels=batch.get("labels"), targets=targets(batch), shares=shares,
+                          **self.context)
+        loss, terms = stage_loss(self.weights, t_feat, s_feat, ctx, self.settings)
         tick("loss")
         return loss, terms, s_feat
 
@@ -114,19 +90,18 @@ def targets(batch) -> Optional[torch.Tensor]:
     return batch.get("labels")
 
 
-def stage_phase(stage, stages, cfg, teacher, student, projections, context, train_rows, output_dir, cache=None,
-                label: Optional[str] = None) -> Phase:
+def stage_phase(stage, stages, cfg, teacher, student, projections, context, settings, train_rows, output_dir,
+                cache=None, label: Optional[str] = None) -> Phase:
     """Stage 1 or 2 of the objective as a phase of the loop: its terms, what it trains, its optimiser and
     schedule (stage 1 at a constant lr, stage 2 with linear decay after warm-up). The last of `stages` keeps
     the best model; an earlier one saves its model to <output_dir>/stage1 when it ends."""
-    objective = StageObjective(stage, cfg, context, cache)
+    objective = StageObjective(stage, cfg, context, settings, cache)
 
     def step(batch):
         loss, terms, _ = objective(teacher, student, batch)
         return loss, terms
 
-    extra = objective.trained_projections(projections, cfg)
-    trained = [student] if extra is None else [student, extra]
+    trained = [student] + objective.trained_projections(projections)
     optimizer = make_optimizer(trained, cfg.learning_rate, cfg.weight_decay, cfg.optimizer, cfg.max_grad_norm)
     epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
     if stage == 1:
@@ -142,4 +117,4 @@ def stage_phase(stage, stages, cfg, teacher, student, projections, context, trai
                  save_at_end=None if final else os.path.join(output_dir, "stage1"))
 
 
-__all__ = ["StageObjective", "check_objective_fits", "loss_context", "stage_phase", "targets"]
+__all__ = ["StageObjective", "plan_terms", "loss_context", "stage_phase", "targets"]

@@ -11,7 +11,7 @@ an objective that reads fewer features (kd: logits) reuses the cache another obj
     <name>.npy      token features (T, D), trimmed to each example's real tokens; or row features (N, C)
 It is built in a temporary folder and renamed into place whole (a cache folder that exists is complete);
 every file is checked against its sha256 when a cache is opened, and a mismatch is an error naming the file.
-Names: tok (L_EMB input), hid<m> (H_m), mha<m> (O_m), q<m>/k<m>/v<m>, cls, logits, start/end (QA).
+Each loss term names the features it reads (objectives.Term.cached); names: tok (L_EMB input), hid<m> (H_m), mha<m> (O_m), q<m>/k<m>/v<m>, cls, logits, start/end (QA).
 """
 from __future__ import annotations
 
@@ -33,20 +33,6 @@ from mlkd_fast.train.features import Features
 VERSION = 1
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 ROW_FEATURES = ("cls", "logits")
-
-
-def term_features(term: str, layer_map: Sequence[int], minilm_layer: int, qa: bool) -> List[str]:
-    """The cached teacher features a loss term reads."""
-    return {
-        "emb": ["tok"],
-        "mha": [f"mha{m}" for m in layer_map],
-        "ffn": ["hid0"] + [f"hid{m}" for m in layer_map],
-        "att": [f"{x}{m}" for m in layer_map for x in "qk"],
-        "qkv": [f"{x}{minilm_layer}" for x in "qkv"],
-        "ss": ["cls"],
-        "sc": ["cls"],
-        "kd": ["start", "end"] if qa else ["logits"],
-    }.get(term, [])
 
 
 def _extract(f: Features, name: str) -> torch.Tensor:
@@ -221,4 +207,4 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-__all__ = ["TeacherCache", "open_or_build", "estimated_bytes", "term_features", "VERSION", "DTYPES"]
+__all__ = ["TeacherCache", "open_or_build", "estimated_bytes", "VERSION", "DTYPES"]

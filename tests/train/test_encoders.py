@@ -78,9 +78,10 @@ def test_capture_shapes_and_every_term_is_finite(family):
     assert len(s.mha) == 2 and s.logits.shape == (B, 2) and t.cls.shape == (B, H)
     ctx = losses.LossContext(mask=batch["attention_mask"].bool(), layer_map=LAYER_MAP.get(family, (2, 4)),
                              projections=losses.DistillProjections(H, H, 2), labels=batch["labels"],
-                             targets=batch["labels"], splits=4, minilm_layer=3, backend="torch")
+                             targets=batch["labels"], splits=4, backend="torch")
+    layer3 = {"qkv": losses.TERMS["qkv"].make_settings({"layer": 3})}
     for name in ("emb", "mha", "ffn", "ss", "sc", "kd", "ce", "qkv"):
-        value = losses.LOSSES[name](t, s, ctx)
+        value = losses.LOSSES[name](t, s, ctx, layer3.get(name))
         assert value.dim() == 0 and math.isfinite(value.item()), name
     same_heads = build_student(teacher, 2, init="teacher", layer_map=LAYER_MAP.get(family))
     att = losses.LOSSES["att"](t, capture_features(same_heads, batch, qkv=True), ctx)

@@ -34,7 +34,7 @@ def test_hard_label_terms():
     reg = _ctx(torch.ones(2, 1, dtype=torch.bool), targets=torch.tensor([1.0, 3.0]), is_regression=True)
     s1 = Features(logits=torch.tensor([[0.0], [1.0]]))
     assert losses.LOSSES["ce"](None, s1, reg).item() == pytest.approx((1 + 4) / 2)
-    assert losses.LOSS_USES_TEACHER["ce"] is False
+    assert losses.TERMS["ce"].teacher is False
 
 
 def test_kd_term_reductions_and_hinton_scaling():
@@ -42,9 +42,10 @@ def test_kd_term_reductions_and_hinton_scaling():
     s = Features(logits=torch.zeros(3, 2))
     mask = torch.ones(3, 1, dtype=torch.bool)
     # uniform teacher and student: the soft CE of each sample is log 2
-    assert losses.LOSSES["kd"](t, s, _ctx(mask, kd_reduction="mean")).item() == pytest.approx(math.log(2) / 2)
-    hinton = _ctx(mask, kd_reduction="batchmean", kd_temperature=2.0)
-    assert losses.LOSSES["kd"](t, s, hinton).item() == pytest.approx(4 * math.log(2))
+    kd = losses.TERMS["kd"]
+    assert kd(t, s, _ctx(mask), kd.make_settings({"reduction": "mean"})).item() == pytest.approx(math.log(2) / 2)
+    hinton = kd.make_settings({"reduction": "batchmean", "temperature": 2.0})
+    assert kd(t, s, _ctx(mask), hinton).item() == pytest.approx(4 * math.log(2))
 
 
 def test_attention_score_term_by_hand():
@@ -72,10 +73,11 @@ def test_qkv_relation_term_is_the_three_relation_kls_of_the_chosen_layer():
     t = Features(qkv=[tuple(r(2, 5, 8) for _ in range(3)) for _ in range(3)], heads=4)
     s = Features(qkv=[tuple(r(2, 5, 4) for _ in range(3)) for _ in range(2)], heads=1)
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
-    ctx = _ctx(mask, splits=2, minilm_layer=2, backend="torch")
+    ctx = _ctx(mask, splits=2, backend="torch")
     expected = sum(relation_kl(tx, sx, 2, mask, backend="torch") for tx, sx in zip(t.qkv[1], s.qkv[-1]))
-    assert losses.LOSSES["qkv"](t, s, ctx).item() == pytest.approx(expected.item(), rel=1e-12)
-    assert losses.LOSSES["qkv"](t, Features(qkv=[t.qkv[0], t.qkv[1]]), ctx).item() == pytest.approx(0.0, abs=1e-12)
+    layer2 = losses.TERMS["qkv"].make_settings({"layer": 2})
+    assert losses.LOSSES["qkv"](t, s, ctx, layer2).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert losses.LOSSES["qkv"](t, Features(qkv=[t.qkv[0], t.qkv[1]]), ctx, layer2).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_stage_needs_reads_only_what_the_active_terms_need():
