@@ -31,7 +31,7 @@ from mlkd_fast.train.distributed import leave_process_group
 from mlkd_fast.train.rundir import check_output_dir
 from mlkd_fast.version import __version__
 
-STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init")
+STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init", "head_init")
 EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
 TOP_KEYS = ("task", "data_dir", "train_file", "dev_file", "hf_dataset", "stages", "finetune", "distill", "general",
             "student", "evaluate")
@@ -113,6 +113,10 @@ def _add_student_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-hidden", type=int, help="hidden size (default: the teacher's)")
     p.add_argument("--student-intermediate", type=int, help="FFN size (default: the teacher's)")
     p.add_argument("--init", choices=("teacher", "random"), help="student weights: copied teacher layers or random")
+    p.add_argument("--head-init", choices=("concat", "scaled", "grouped"),
+                   help="fewer heads than the teacher: cut the copied attention as it is (concat, default), with "
+                        "each head's logits the mean of its merged teacher heads' (scaled), or after reordering the "
+                        "teacher's heads so that alike heads merge (grouped, distill only)")
     p.add_argument("--layer-map", type=_int_list, help="teacher layer (1-based) per student layer, e.g. 2,4,6")
 
 
@@ -120,7 +124,7 @@ def _student_shape(args, file) -> Dict[str, Any]:
     """The built student's shape: the config file's student: section, then the flags."""
     spec = _section(file, "student", STUDENT_KEYS)
     for flag, key in (("student_layers", "num_layers"), ("student_heads", "num_heads"), ("student_hidden", "hidden_size"),
-                      ("student_intermediate", "intermediate_size"), ("init", "init")):
+                      ("student_intermediate", "intermediate_size"), ("init", "init"), ("head_init", "head_init")):
         if getattr(args, flag) is not None:
             spec[key] = getattr(args, flag)
     return spec
@@ -328,7 +332,7 @@ def cmd_finetune(args) -> int:
     return _report(result, "fine-tuned teacher", result.model_dir)
 
 
-def _student(args, file, teacher, cfg, num_labels: int, qa: bool = False):
+def _student(args, file, teacher, cfg, num_labels: int, qa: bool = False, train=None, tokenizer=None):
     """The student: loaded from --student DIR, or built from the teacher in the shape the flags/file give."""
     import torch
 
@@ -343,6 +347,12 @@ def _student(args, file, teacher, cfg, num_labels: int, qa: bool = False):
         return load_for_task(args.student, num_labels, require_head=False, role="--student", qa=qa)[0]
     if "num_layers" not in spec:
         raise InputError("--student-layers is required (or --student DIR)")
+    if spec.get("head_init") == "grouped" and train is not None:
+        from mlkd_fast.train.head_init import sample_batches
+        from mlkd_fast.train.models import pad_id
+
+        spec["sample"] = sample_batches(train, tokenizer, num_labels, cfg.max_seq_length, seed=cfg.seed,
+                                        pad_token_id=pad_id(teacher, tokenizer))
     torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
     return build_student(teacher, layer_map=cfg.layer_map, **spec)
 
@@ -368,7 +378,7 @@ def cmd_distill(args) -> int:
     check_output_dir(args.output_dir)
     train, dev = _load_data(args, file, task, need_train=True)
     teacher, tokenizer = load_for_task(args.teacher, num_labels, require_head=True, role="--teacher", qa=spec.qa)
-    student = _student(args, file, teacher, cfg, num_labels, spec.qa)
+    student = _student(args, file, teacher, cfg, num_labels, spec.qa, train=None if spec.qa else train, tokenizer=tokenizer)
     result = distill(teacher, student, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir,
                      stages=stages, backend=args.backend, resume=args.resume, overwrite=args.overwrite,
                      tokenizer=tokenizer, progress=not args.no_progress)

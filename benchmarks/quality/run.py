@@ -31,6 +31,7 @@ from mlkd_fast import build_student, distill, evaluate, finetune, load_for_task 
 from mlkd_fast.data import get_task, load_glue_split  # noqa: E402
 from mlkd_fast.train.config import OBJECTIVES, DistillConfig, FinetuneConfig, config_from_dict  # noqa: E402
 from mlkd_fast.train.atomic import save_json  # noqa: E402
+from mlkd_fast.train.head_init import sample_batches  # noqa: E402
 from mlkd_fast.train.models import pretrained_teacher_dir  # noqa: E402
 
 GRID = os.path.join(HERE, "grid.yaml")
@@ -52,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--student-hidden", type=int, help="student width (default: the teacher's)")
     p.add_argument("--student-intermediate", type=int, help="student FFN width (default: the teacher's)")
     p.add_argument("--init", choices=("teacher", "random"), help="student weights (default: grid.yaml)")
+    p.add_argument("--head-init", choices=("concat", "scaled", "grouped"),
+                   help="how copied attention is cut into fewer heads (default concat; build_student)")
     p.add_argument("--student-dir", help="start from this (e.g. general-distilled) student instead of building one")
     p.add_argument("--teacher-model", help="pretrained encoder the teacher is fine-tuned from (default all-MiniLM-L6-v2)")
     p.add_argument("--glue-dir", default=os.path.join(hostinfo.REPO_DIR, "..", "shared", "data", "glue"))
@@ -61,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     shaped = any(getattr(args, k) is not None for k in ("student_layers", "student_hidden", "student_intermediate",
-                                                           "init", "student_dir"))
+                                                           "init", "student_dir", "head_init"))
     if (args.set or shaped) and not args.variant:
         p.error("--set and the student options change the experiment: name the row with --variant")
     return args
@@ -148,9 +151,12 @@ def main(argv=None) -> int:
     else:
         shape = dict(grid["student"], num_heads=args.heads)
         for flag, name in (("student_layers", "num_layers"), ("student_hidden", "hidden_size"),
-                          ("student_intermediate", "intermediate_size"), ("init", "init")):
+                          ("student_intermediate", "intermediate_size"), ("init", "init"), ("head_init", "head_init")):
             if getattr(args, flag) is not None:
                 shape[name] = getattr(args, flag)
+        if shape.get("head_init") == "grouped":  # the teacher's heads are compared on 256 training pairs
+            shape["sample"] = sample_batches(load_glue_split(task, args.glue_dir, "train"), tokenizer,
+                                             get_task(task).num_labels, cfg.max_seq_length, seed=args.seed)
         student = build_student(teacher, **shape)
     student_init = "copied teacher layers" if (args.init or grid["student"]["init"]) == "teacher" else "random"
     train, dev = load_glue_split(task, args.glue_dir, "train"), load_glue_split(task, args.glue_dir, "dev")
@@ -169,7 +175,7 @@ def main(argv=None) -> int:
                f"{student.config.hidden_size}",
                student_from=os.path.relpath(args.student_dir, hostinfo.REPO_DIR) if args.student_dir else student_init,
                stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
-               teacher_cache="yes" if cfg.teacher_cache else "no",
+               teacher_cache="yes" if cfg.teacher_cache else "no", head_init=args.head_init or "concat",
                steps=sum(h["steps"] for h in result.history), metric=metric,
                **{f"dev_{k}": f"{v:.4f}" for k, v in scored.items() if k in METRICS},
                best_stage=best.get("stage"), best_step=best.get("step"),

@@ -12,12 +12,14 @@ an error, never a silent partial copy.
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
+import torch
 import torch.nn as nn
 
 from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.train.encoders import encoder_layout, encoder_paths
+from mlkd_fast.train.head_init import HEAD_INITS, prepare_teacher, scale_queries
 from mlkd_fast.train.layer_map import resolve_layer_map
 
 
@@ -37,6 +39,8 @@ def build_student(
     intermediate_size: Optional[int] = None,
     init: str = "teacher",
     layer_map: Optional[Sequence[int]] = None,
+    head_init: str = "concat",
+    sample: Optional[Iterable[Dict[str, torch.Tensor]]] = None,
 ):
     """A student with `num_layers` layers; unspecified sizes are the teacher's.
 
@@ -44,6 +48,10 @@ def build_student(
     is given, 1-based teacher layers), pooler and classifier; needs hidden_size
     and intermediate_size equal to the teacher's. init="random": fresh weights
     (seed with torch.manual_seed for reproducibility).
+    head_init: how copied attention is cut into fewer heads (train/head_init.py): "concat" (as it is),
+    "scaled" (each head's logits the mean of its merged teacher heads'), "grouped" (the teacher's heads
+    first reordered, in place and function-preserving, so that alike heads merge; needs `sample`, a few
+    training batches with input_ids and attention_mask).
     """
     tcfg = getattr(teacher, "config", None)
     if tcfg is None or not hasattr(tcfg, "num_hidden_layers"):
@@ -64,6 +72,10 @@ def build_student(
         raise InputError(f"num_heads={num_heads} does not divide hidden_size={hidden}")
     if init not in ("teacher", "random"):
         raise InputError(f"init must be 'teacher' or 'random', got {init!r}")
+    if head_init not in HEAD_INITS:
+        raise InputError(f"head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
+    if init == "random" and head_init != "concat":
+        raise InputError(f"head_init={head_init!r} re-splits copied teacher attention: it needs init='teacher'")
 
     cfg = copy.deepcopy(tcfg)
     cfg.num_hidden_layers = num_layers
@@ -89,7 +101,10 @@ def build_student(
             "narrower student"
         )
     mapping = resolve_layer_map(layer_map, tcfg.num_hidden_layers, num_layers)
+    prepare_teacher(teacher, head_init, num_heads, mapping, sample)  # "grouped": reorders the teacher's heads
     student.load_state_dict(_teacher_weights(teacher, student, mapping), strict=True)
+    if head_init != "concat" and num_heads != tcfg.num_attention_heads:
+        scale_queries(student, tcfg.num_attention_heads)
     return student
 
 
