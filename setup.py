@@ -6,7 +6,10 @@ Build flags: -O3 -fopenmp -std=c++17 -g0, and no -march: the AVX2+FMA kernels
 are compiled in their own translation unit under `#pragma GCC target` and
 chosen at run time, so a wheel built on an AVX2 machine runs on one without.
 The Triton kernels live in the top-level `kernels/` folder and are installed
-as the subpackage `mlkd_fast.kernels`.
+as the subpackage `mlkd_fast.kernels`. The folder has no __init__.py on purpose:
+a regular package named `kernels` at the checkout root would shadow the PyPI
+package `kernels` (which transformers >= 5.25 imports) whenever the root is on
+sys.path; a namespace portion never shadows a regular package.
 """
 import glob
 import os

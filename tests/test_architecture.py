@@ -31,6 +31,7 @@ def _modules():
                     rel = os.path.relpath(path, top)[:-3].replace(os.sep, ".")
                     name = prefix if rel == "__init__" else f"{prefix}.{rel.removesuffix('.__init__')}"
                     found[name] = path
+    found.setdefault("mlkd_fast.kernels", None)  # a namespace package: kernels/ has no __init__.py on purpose
     return found
 
 

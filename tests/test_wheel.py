@@ -72,3 +72,18 @@ def test_sdist_and_wheel_build_install_and_run_in_a_fresh_environment(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     _run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(tests / "ops" / "test_relation_kl.py"),
           str(tests / "ops" / "test_soft_cross_entropy.py")], cwd=tmp_path, env=env)
+
+
+def test_the_kernels_folder_never_shadows_the_pypi_kernels_package():
+    """kernels/ is installed as mlkd_fast.kernels; at the checkout root (on sys.path under python -m / -c) it must
+    not be a regular package called `kernels`, which transformers >= 5.25 imports from PyPI."""
+    assert not os.path.exists(os.path.join(REPO, "kernels", "__init__.py"))
+    probe = ("import importlib.metadata as md, importlib.util as u, os, sys\n"
+             "spec = u.find_spec('kernels')\n"
+             "try:\n    md.version('kernels'); installed = True\nexcept md.PackageNotFoundError:\n    installed = False\n"
+             "ours = spec is not None and (spec.origin or '').startswith(os.path.join(os.getcwd(), 'kernels'))\n"
+             "assert not ours, spec\n"
+             "assert not installed or spec.origin and 'site-packages' in spec.origin, spec\n"
+             "import mlkd_fast.kernels._common\n"
+             "print('ok', installed)\n")
+    assert "ok" in _run([sys.executable, "-c", probe], cwd=REPO)

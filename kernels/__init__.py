@@ -1,1 +1,0 @@
-"""Triton kernels (installed as mlkd_fast.kernels). Importing this package needs triton."""
