@@ -6,7 +6,6 @@ Malformed files fail with the file and line named.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from typing import Dict, List, Optional
@@ -31,19 +30,22 @@ def _split_file(task: TaskSpec, data_dir: str, split: str) -> str:
     return path
 
 
-def read_glue_tsv(task: TaskSpec, path: str) -> Dict[str, list]:
-    """Parse one labelled GLUE TSV file into columns sentence1[, sentence2], labels.
-
-    Quotes are data in GLUE files (QUOTE_NONE); the MRPC header starts with a BOM (utf-8-sig).
-    """
-    rows: List[List[str]] = []
+def read_tsv_rows(path: str) -> List[List[str]]:
+    """Every line of a TSV file as its fields. Quotes are data (QUOTE_NONE: TSV, unlike CSV, has no quoting);
+    UTF-8 with or without a BOM (the MRPC header starts with one); LF or CRLF line ends."""
     with open(path, encoding="utf-8-sig", newline="") as f:
         try:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        except (csv.Error, UnicodeDecodeError) as e:
+            rows = [line.rstrip("\r\n").split("\t") if line.strip("\r\n") else [] for line in f]
+        except UnicodeDecodeError as e:
             raise InputError(f"{path}: cannot be read as a tab-separated UTF-8 file: {e}") from e
     if not rows:
         raise InputError(f"{path}: file is empty")
+    return rows
+
+
+def read_glue_tsv(task: TaskSpec, path: str) -> Dict[str, list]:
+    """Parse one labelled GLUE TSV file into columns sentence1[, sentence2], labels (read_tsv_rows)."""
+    rows = read_tsv_rows(path)
     if task.header:
         header = rows[0]
         missing = [c for c in task.text_columns + (task.label_column,) if c not in header]
@@ -106,9 +108,42 @@ def load_glue_split(task: str, data_dir: str, split: str):
 # ----------------------------------------------------------------------------- datasets library
 
 
+def read_headed_tsv(spec: TaskSpec, path: str) -> Dict[str, list]:
+    """A TSV file of the task: in the task's GLUE layout (its header names, or CoLA's positional columns) it is
+    read exactly as `--data-dir` reads it; otherwise its first line names the columns (sentence1/sentence2/
+    label or the hub's names), every line must have as many fields, and labels are mapped by normalize_columns."""
+    rows = read_tsv_rows(path)
+    header = rows[0]
+    glue_layout = (set(spec.text_columns) | {spec.label_column}) <= set(header) if spec.header else True
+    if glue_layout:
+        return read_glue_tsv(spec, path)
+    columns: Dict[str, list] = {name: [] for name in header}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise InputError(f"{path}, line {lineno}: expected {len(header)} tab-separated fields (as the header "
+                             f"{header}), got {len(row)}: {' | '.join(row)[:200]!r}")
+        for name, value in zip(header, row):
+            columns[name].append(value)
+    if not any(columns.values()):
+        raise InputError(f"{path}: no data rows")
+    label = next((c for c in ("labels", "label", spec.label_column) if c in columns), None)
+    if label is not None and spec.is_regression:
+        for lineno, raw in enumerate(columns[label], start=2):
+            try:
+                columns[label][lineno - 2] = float(raw)
+            except ValueError:
+                raise InputError(f"{path}, line {lineno}: label {raw!r} is not a number") from None
+    elif label is not None and all(v.strip().lstrip("-").isdigit() for v in columns[label]):
+        columns[label] = [int(v) for v in columns[label]]  # class ids written as numbers
+    return columns
+
+
 def load_datasets_split(task: str, source: str, split: str):
-    """A split from the `datasets` library: a local .csv/.tsv/.json/.jsonl/.parquet file, or a hub name
-    (e.g. "glue" or "nyu-mll/glue", needs network). Columns are renamed to sentence1/sentence2/labels."""
+    """A split from a local file or the `datasets` hub: .tsv (read_headed_tsv: quotes are data), .csv (quoted, as
+    CSV is), .json/.jsonl, .parquet, or a hub name (e.g. "glue" or "nyu-mll/glue", needs network). Columns are
+    renamed to sentence1/sentence2/labels."""
     import datasets
 
     spec = get_task(task)
@@ -116,12 +151,13 @@ def load_datasets_split(task: str, source: str, split: str):
     if os.path.exists(source):
         if not os.path.isfile(source):
             raise InputError(f"data file {source!r} is not a file")
-        builder = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(ext)
+        if ext == ".tsv":
+            return normalize_columns(spec, datasets.Dataset.from_dict(read_headed_tsv(spec, source)), source)
+        builder = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(ext)
         if builder is None:
             raise InputError(f"data file {source!r}: expected a .csv, .tsv, .json, .jsonl or .parquet file")
-        kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
         try:
-            ds = datasets.load_dataset(builder, data_files={"data": source}, split="data", **kwargs)
+            ds = datasets.load_dataset(builder, data_files={"data": source}, split="data")
         except Exception as e:
             raise InputError(f"data file {source!r} could not be read by datasets ({builder}): {e}") from e
     else:
@@ -184,4 +220,4 @@ def load_split(task: str, split: str, *, data_dir: Optional[str] = None, source:
     return load_datasets_split(task, source, split)
 
 
-__all__ = ["read_glue_tsv", "load_glue_split", "load_datasets_split", "normalize_columns", "load_split"]
+__all__ = ["read_tsv_rows", "read_headed_tsv", "read_glue_tsv", "load_glue_split", "load_datasets_split", "normalize_columns", "load_split"]
