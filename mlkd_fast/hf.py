@@ -46,9 +46,14 @@ class MLKDTrainer(transformers.Trainer):
     backend: the relation-op backend ("auto": the fastest available for the device).
     """
 
+    # compute_loss returns each micro-batch's mean (it does not divide by num_items_in_batch): the Trainer divides
+    # it by the accumulation steps, so that accumulated gradients are the mean over the micro-batches
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, teacher: nn.Module, distill_config: Optional[DistillConfig] = None,
                  stage1_fraction: Optional[float] = None, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # the same for transformers releases before loss_is_scaled_for_ga
         cfg = distill_config if distill_config is not None else DistillConfig()
         if not isinstance(cfg, DistillConfig):
             raise InputTypeError(f"distill_config must be a DistillConfig, got {type(cfg).__name__}")

@@ -138,3 +138,26 @@ def test_ddp_two_ranks_keep_student_and_projections_identical(tmp_path):
     for part in ("projections", "student"):
         for k in r0[part]:
             assert torch.allclose(r0[part][k], r1[part][k], atol=1e-6), (part, k)
+
+
+def test_gradient_accumulation_averages_like_one_big_batch(tmp_path):
+    """One optimiser step of 2 x 8 accumulated micro-batches moves the student exactly as one step of 16 (plain
+    SGD, no clipping, hard labels only so that no term depends on how the batch is cut), and logs the same loss."""
+    def one_step(out, batch, accum):
+        trainer = _trainer(out, objective="ft", per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+                           max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0, weight_decay=0.0,
+                           save_strategy="no", warmup_steps=0, lr_scheduler_type="constant")
+        trainer.train_dataset = trainer.train_dataset.select(range(16))
+        for m in trainer.model.modules():  # no dropout: the two runs draw different masks
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        before = trainer.model.classifier.weight.detach().clone()
+        trainer.train()
+        loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
+        return trainer.model.classifier.weight.detach() - before, loss
+
+    big, big_loss = one_step(tmp_path / "big", 16, 1)
+    acc, acc_loss = one_step(tmp_path / "acc", 8, 2)
+    assert big.abs().sum() > 0
+    torch.testing.assert_close(acc, big, rtol=1e-4, atol=1e-7)
+    assert acc_loss == pytest.approx(big_loss, rel=1e-4)
