@@ -472,7 +472,7 @@ def _print_history(history) -> None:
 
 def _print_table(rows) -> None:
     """One line per model; with several models, each one's retention of the first's metrics (the teacher)."""
-    metric_keys = [k for k in rows[0] if k in ("exact_match", "f1", "accuracy", "mcc", "pearson", "spearman")]
+    metric_keys = [k for k in rows[0] if k in ("exact_match", "exact", "f1", "HasAns_f1", "NoAns_f1", "accuracy", "mcc", "pearson", "spearman")]
     retention = len(rows) > 1
     head = (["model", "params (M)", "w/o embeddings (M)"] + metric_keys
             + [f"{k} retention %" for k in metric_keys if retention]

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import string
-from typing import Dict, Sequence
+from typing import Dict, List
 
 import numpy as np
 
@@ -225,10 +225,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def _f1(prediction: str, gold: str) -> float:
-    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not p or not g:
-        return float(p == g)
+def _overlap_f1(p: List[str], g: List[str]) -> float:
     common = collections.Counter(p) & collections.Counter(g)
     same = sum(common.values())
     if same == 0:
@@ -237,22 +234,51 @@ def _f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(predictions: Dict[str, str], examples) -> Dict[str, float]:
-    """Exact match and F1 (0-1) over every example; unanswerable questions (no gold answers) count as
-    answered correctly only by "". Also the split into HasAns / NoAns where both occur (v2.0)."""
+def _f1_v1(prediction: str, gold: str) -> float:
+    """evaluate-v1.1.py: token-overlap F1; an empty prediction or gold (after normalisation) shares no token: 0."""
+    return _overlap_f1(normalize_answer(prediction).split(), normalize_answer(gold).split())
+
+
+def _f1_v2(prediction: str, gold: str) -> float:
+    """evaluate-v2.0.py: as v1.1, except that when either side is empty, F1 is 1 if both are and 0 otherwise."""
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not p or not g:
+        return float(p == g)
+    return _overlap_f1(p, g)
+
+
+def squad_metrics(predictions: Dict[str, str], examples, version_2: bool = False) -> Dict[str, float]:
+    """The official SQuAD scores, as fractions (x 100 for the official scripts' percent).
+
+    v1.1 (evaluate-v1.1.py): `exact_match`, `f1`: the best over the gold answers as given, an empty normalised
+    prediction or gold scoring F1 0. v2.0 (evaluate-v2.0.py): gold answers that normalise to "" are dropped and a
+    question without any is answered correctly only by ""; keys `exact`, `f1`, `total`, and `HasAns_*` /
+    `NoAns_*` split by whether the question has answers at all (not by what they normalise to)."""
     em, f1, has = [], [], []
     for ex in examples:
-        golds: Sequence[str] = [a for a in ex["answers"]["text"] if normalize_answer(a)] or [""]
         pred = predictions.get(ex["id"])
         if pred is None:
             raise InputError(f"no prediction for question {ex['id']!r}")
-        em.append(max(float(normalize_answer(pred) == normalize_answer(g)) for g in golds))
-        f1.append(max(_f1(pred, g) for g in golds))
-        has.append(golds != [""])
-    out = {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}
-    has = np.array(has)
-    if has.any() and not has.all():
-        out.update(has_ans_f1=float(np.mean(np.array(f1)[has])), no_ans_f1=float(np.mean(np.array(f1)[~has])))
+        answers = list(ex["answers"]["text"])
+        if version_2:
+            golds = [a for a in answers if normalize_answer(a)] or [""]
+            em.append(max(float(normalize_answer(pred) == normalize_answer(g)) for g in golds))
+            f1.append(max(_f1_v2(pred, g) for g in golds))
+        else:
+            if not answers:
+                raise InputError(f"question {ex['id']!r} has no answer: a SQuAD v1.1 file answers every question "
+                                 "(use the task squad_v2 for unanswerable questions)")
+            em.append(max(float(normalize_answer(pred) == normalize_answer(g)) for g in answers))
+            f1.append(max(_f1_v1(pred, g) for g in answers))
+        has.append(bool(answers))
+    if not version_2:
+        return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}
+    em, f1, has = np.array(em), np.array(f1), np.array(has)
+    out = {"exact": float(em.mean()), "f1": float(f1.mean()), "total": int(len(em))}
+    for name, part in (("HasAns", has), ("NoAns", ~has)):
+        if part.any():
+            out.update({f"{name}_exact": float(em[part].mean()), f"{name}_f1": float(f1[part].mean()),
+                        f"{name}_total": int(part.sum())})
     return out
 
 

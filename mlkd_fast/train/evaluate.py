@@ -56,7 +56,8 @@ def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.de
     if isinstance(ds, QADev):
         start, end = predict_spans(model, ds.windows, batch_size, device, pad_token_id)
         version_2 = bool(task is not None and task.version_2)
-        return squad_metrics(best_answers(ds.examples, ds.windows, start, end, version_2=version_2), ds.examples)
+        return squad_metrics(best_answers(ds.examples, ds.windows, start, end, version_2=version_2), ds.examples,
+                             version_2=version_2)
     logits, labels = predict(model, ds, batch_size, device, pad_token_id)
     return compute_metrics(task, logits, labels)
 

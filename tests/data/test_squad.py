@@ -80,14 +80,52 @@ def test_best_answers_by_hand(tmp_path):
     assert best_answers(ds, dev, start, end, version_2=True, null_threshold=100.0)["q3"] != ""
 
 
+def _official(pred, answers, version_2):
+    """The official scripts' rules, restated (evaluate-v1.1.py, evaluate-v2.0.py): per question (EM, F1)."""
+    import collections
+    import re
+    import string
+
+    def norm(t):
+        t = "".join(c for c in t.lower() if c not in set(string.punctuation))
+        return " ".join(re.sub(r"\b(a|an|the)\b", " ", t).split())
+
+    def f1(p, g):
+        pt, gt = norm(p).split(), norm(g).split()
+        if version_2 and (not pt or not gt):
+            return float(pt == gt)
+        same = sum((collections.Counter(pt) & collections.Counter(gt)).values())
+        return 0.0 if same == 0 else 2 * (same / len(pt)) * (same / len(gt)) / (same / len(pt) + same / len(gt))
+
+    golds = ([a for a in answers if norm(a)] or [""]) if version_2 else answers
+    return max(float(norm(pred) == norm(g)) for g in golds), max(f1(pred, g) for g in golds)
+
+
 def test_official_normalisation_and_scores():
     assert normalize_answer("The  Cat, sat!") == "cat sat"
-    examples = [{"id": "a", "answers": {"text": ["a cat sat", "dog"], "answer_start": [0, 0]}},
-                {"id": "b", "answers": {"text": [], "answer_start": []}}]
-    m = squad_metrics({"a": "the cat", "b": ""}, examples)
-    # a: precision 1 (cat), recall 1/2 (cat sat) -> F1 2/3; EM 0. b: "" for an unanswerable question -> 1, 1
-    assert m["exact_match"] == pytest.approx(0.5) and m["f1"] == pytest.approx((2 / 3 + 1) / 2)
-    assert m["has_ans_f1"] == pytest.approx(2 / 3) and m["no_ans_f1"] == 1.0
-    assert squad_metrics({"a": "dog", "b": "cat"}, examples)["exact_match"] == pytest.approx(0.5)
+    v1 = [{"id": "a", "answers": {"text": ["a cat sat", "dog"], "answer_start": [0, 0]}},
+          {"id": "b", "answers": {"text": ["The"], "answer_start": [0]}},  # normalises to ""
+          {"id": "c", "answers": {"text": ["red"], "answer_start": [0]}}]
+    preds = {"a": "the cat", "b": "a", "c": "red!"}  # b: "" against "": the v1.1 script gives F1 0 (and EM 1)
+    m = squad_metrics(preds, v1)
+    want = [_official(preds[e["id"]], e["answers"]["text"], False) for e in v1]
+    assert m == pytest.approx({"exact_match": sum(w[0] for w in want) / 3, "f1": sum(w[1] for w in want) / 3})
+    assert m["f1"] == pytest.approx((2 / 3 + 0 + 1) / 3) and m["exact_match"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="no prediction for question 'b'"):
-        squad_metrics({"a": "dog"}, examples)
+        squad_metrics({"a": "dog"}, v1)
+    with pytest.raises(ValueError, match="has no answer"):
+        squad_metrics({"x": ""}, [{"id": "x", "answers": {"text": [], "answer_start": []}}])
+
+
+def test_official_v2_scores_and_has_answer_split():
+    v2 = [{"id": "a", "answers": {"text": ["a cat sat", "dog"], "answer_start": [0, 0]}},
+          {"id": "b", "answers": {"text": [], "answer_start": []}},
+          {"id": "c", "answers": {"text": ["The"], "answer_start": [0]}}]  # HasAns: it has an answer
+    preds = {"a": "the cat", "b": "", "c": "an"}
+    m = squad_metrics(preds, v2, version_2=True)
+    want = {e["id"]: _official(preds[e["id"]], e["answers"]["text"], True) for e in v2}
+    assert m["exact"] == pytest.approx(sum(w[0] for w in want.values()) / 3)
+    assert m["f1"] == pytest.approx(sum(w[1] for w in want.values()) / 3) and m["total"] == 3
+    assert (m["HasAns_total"], m["NoAns_total"]) == (2, 1)  # by having answers, not by what they normalise to
+    assert m["HasAns_f1"] == pytest.approx((want["a"][1] + want["c"][1]) / 2) and m["NoAns_f1"] == 1.0
+    assert m["HasAns_f1"] == pytest.approx((2 / 3 + 1) / 2)
