@@ -29,8 +29,7 @@ from mlkd_fast.ops import backends
 from mlkd_fast.train.atomic import write_bytes
 from mlkd_fast.train.config import DistillConfig
 from mlkd_fast.train.models import check_classifier
-from mlkd_fast.train.objectives import DistillProjections
-from mlkd_fast.train.stage import StageObjective, plan_terms, loss_context
+from mlkd_fast.train.stage import DistillSetup, StageObjective, checked_config, plan_terms
 
 PROJECTIONS_FILE = "mlkd_projections.pt"
 
@@ -54,10 +53,7 @@ class MLKDTrainer(transformers.Trainer):
                  stage1_fraction: Optional[float] = None, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # the same for transformers releases before loss_is_scaled_for_ga
-        cfg = distill_config if distill_config is not None else DistillConfig()
-        if not isinstance(cfg, DistillConfig):
-            raise InputTypeError(f"distill_config must be a DistillConfig, got {type(cfg).__name__}")
-        cfg.validate()
+        cfg = checked_config(distill_config, name="distill_config")
         if not isinstance(teacher, nn.Module) or teacher is self.model:
             raise InputTypeError("teacher must be a model other than the student (model=)")
         num_labels = check_classifier(teacher, "teacher", None)
@@ -65,11 +61,10 @@ class MLKDTrainer(transformers.Trainer):
         stages = cfg.objective_stages
         plan, term_settings = plan_terms(teacher, self.model, cfg, stages)
         self.stage1_fraction = _stage1_fraction(cfg, stages, stage1_fraction)
-        self.teacher = teacher.to(self.args.device).train(cfg.teacher_mode == "train").requires_grad_(False)
-        self.projections = DistillProjections(self.model.config.hidden_size, teacher.config.hidden_size,
-                                              len(plan.layer_map), init=cfg.projection_init).to(self.args.device)
-        context = loss_context(cfg, self.projections, plan, num_labels == 1, backends.resolve(backend, self.args.device))
-        self.objectives = {s: StageObjective(s, cfg, context, term_settings) for s in stages}
+        setup = DistillSetup.build(teacher, self.model, cfg, plan, term_settings, self.args.device,
+                                   backends.resolve(backend, self.args.device), num_labels == 1)
+        self.teacher, self.projections = teacher, setup.projections
+        self.objectives = {s: StageObjective(s, cfg, setup.context, term_settings) for s in stages}
         self.distill_config = cfg
         self._term_sums: Dict[str, float] = {}
         self._term_count = 0

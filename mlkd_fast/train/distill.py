@@ -35,7 +35,7 @@ from mlkd_fast.train.models import (
     pad_id,
     resolve_device,
 )
-from mlkd_fast.train.objectives import DistillProjections, RunPlan, cached_features
+from mlkd_fast.train.objectives import RunPlan, cached_features
 from mlkd_fast.train.rundir import (
     check_output_dir,
     data_fingerprint,
@@ -43,7 +43,7 @@ from mlkd_fast.train.rundir import (
     start_run,
     weights_fingerprint,
 )
-from mlkd_fast.train.stage import loss_context, plan_terms, stage_phase
+from mlkd_fast.train.stage import DistillSetup, checked_config, plan_terms
 from mlkd_fast.train.teacher_cache import open_or_build
 
 
@@ -76,10 +76,7 @@ def distill(
     train_data / eval_data: datasets.Dataset, raw text (sentence1[, sentence2], labels; pass tokenizer=)
     or tokenised (input_ids, attention_mask[, token_type_ids], labels).
     """
-    cfg = config if config is not None else DistillConfig()
-    if not isinstance(cfg, DistillConfig):
-        raise InputTypeError(f"config must be a DistillConfig, got {type(cfg).__name__}")
-    cfg.validate()
+    cfg = checked_config(config)
     check_output_dir(output_dir)
     stages = _check_stages(stages, cfg)
     spec = get_task(task) if task is not None else None
@@ -111,20 +108,15 @@ def distill(
                     eval_data=data_fingerprint(dev) if dev is not None else None)
     with start_run(dist, output_dir, settings, resume=resume, overwrite=overwrite, kind="distill") as saved:
         checkpoint.seed_everything(cfg.seed)
-        teacher.to(device).train(cfg.teacher_mode == "train")  # "train": dropout on, as the authors' code runs it
-        teacher.requires_grad_(False)
         student.to(device)
-        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(plan.layer_map),
-                                         init=cfg.projection_init).to(device)
         regression = num_labels == 1 and not qa
+        setup = DistillSetup.build(teacher, student, cfg, plan, term_settings, device, backend, regression, dist)
         run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=dev, task=spec,
                   collate=Collator(pad_id(teacher, tokenizer), regression=regression), device=device,
-                  tokenizer=tokenizer, progress=progress, extra_modules={"projections": projections}, dist=dist)
-        context = loss_context(cfg, projections, plan, regression, backend, dist)
+                  tokenizer=tokenizer, progress=progress, extra_modules={"projections": setup.projections}, dist=dist)
         cache = _teacher_cache(cfg, teacher, run, stages, plan, term_settings) if cfg.teacher_cache else None
-        phases = [stage_phase(s, stages, cfg, teacher, student, projections, context, term_settings, len(train),
-                              output_dir, cache) for s in stages]
+        phases = setup.phases(stages, cfg, teacher, student, len(train), output_dir, cache)
         return DistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
 

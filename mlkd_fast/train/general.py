@@ -15,16 +15,15 @@ from typing import Optional
 
 from mlkd_fast.data.batching import Collator
 from mlkd_fast.data.corpus import packed_corpus
-from mlkd_fast.errors import InputError, InputTypeError
+from mlkd_fast.errors import InputError
 from mlkd_fast.ops import backends
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.config import DistillConfig, config_to_dict
 from mlkd_fast.train.distributed import Dist, check_global_batch
 from mlkd_fast.train.loop import Run, RunResult, run_phases
 from mlkd_fast.train.models import check_fits, pad_id, resolve_device
-from mlkd_fast.train.objectives import DistillProjections
 from mlkd_fast.train.rundir import check_output_dir, data_fingerprint, model_shape, start_run, weights_fingerprint
-from mlkd_fast.train.stage import plan_terms, loss_context, stage_phase
+from mlkd_fast.train.stage import DistillSetup, checked_config, plan_terms
 
 
 @dataclass
@@ -54,10 +53,7 @@ def general_distill(
     config: a DistillConfig; its stage1_epochs (or max_steps), learning rate, batch size, splits, stage-1
         weights and recipe choices apply; stage 1 runs at a constant lr.
     """
-    cfg = config if config is not None else DistillConfig(stage1_epochs=1, learning_rate=1e-4)
-    if not isinstance(cfg, DistillConfig):
-        raise InputTypeError(f"config must be a DistillConfig, got {type(cfg).__name__}")
-    cfg.validate()
+    cfg = checked_config(config, default=DistillConfig(stage1_epochs=1, learning_rate=1e-4))
     if 1 not in cfg.objective_stages:
         raise InputError(f"objective {cfg.objective!r} has no stage 1 (intermediate layers) to distil without labels")
     if cfg.stage1_epochs == 0:
@@ -80,18 +76,14 @@ def general_distill(
                     train_data=data_fingerprint(train))
     with start_run(dist, output_dir, settings, resume=resume, overwrite=overwrite, kind="general") as saved:
         checkpoint.seed_everything(cfg.seed)
-        teacher.to(dist.device).train(cfg.teacher_mode == "train").requires_grad_(False)
         student.to(dist.device)
-        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size, len(plan.layer_map),
-                                         init=cfg.projection_init).to(dist.device)
+        setup = DistillSetup.build(teacher, student, cfg, plan, term_settings, dist.device, backend, False, dist)
         run = Run(kind="general", config=cfg, output_dir=output_dir, settings=settings, model=student,
                   model_dir=os.path.join(output_dir, "student"), train=train, dev=None, task=None,
                   collate=Collator(pad_id(teacher, tokenizer)), device=dist.device, tokenizer=tokenizer,
-                  progress=progress, extra_modules={"projections": projections}, dist=dist)
-        context = loss_context(cfg, projections, plan, False, backend, dist)
-        phase = stage_phase(1, (1,), cfg, teacher, student, projections, context, term_settings, len(train),
-                            output_dir, label="general")
-        return GeneralDistillResult.of(run, run_phases(run, [phase], saved), student_dir=run.model_dir)
+                  progress=progress, extra_modules={"projections": setup.projections}, dist=dist)
+        phases = setup.phases((1,), cfg, teacher, student, len(train), output_dir, label="general")
+        return GeneralDistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
 
 __all__ = ["general_distill", "GeneralDistillResult"]

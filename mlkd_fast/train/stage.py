@@ -7,12 +7,14 @@ hf.py): which features each model yields, the loss context, and the weighted sum
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from mlkd_fast.data.batching import num_batches
+from mlkd_fast.errors import InputTypeError
 from mlkd_fast.train.capture import capture_features
 from mlkd_fast.train.config import DistillConfig
 from mlkd_fast.train.distributed import SINGLE, Dist
@@ -23,6 +25,46 @@ from mlkd_fast.train.loop import Phase
 from mlkd_fast.train.objectives import (DistillProjections, LossContext, RunPlan, TermSettings, fit_terms, stage_loss,
                                         stage_needs, trained_projections)
 from mlkd_fast.train.optim import constant_schedule, linear_schedule, make_optimizer, optimized_params
+
+
+def checked_config(config: Optional[DistillConfig], default: Optional[DistillConfig] = None, name: str = "config"
+                   ) -> DistillConfig:
+    """The run's DistillConfig (the default when None), validated."""
+    cfg = config if config is not None else (default if default is not None else DistillConfig())
+    if not isinstance(cfg, DistillConfig):
+        raise InputTypeError(f"{name} must be a DistillConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    return cfg
+
+
+@dataclass
+class DistillSetup:
+    """What every distillation path (distill, general_distill, MLKDTrainer) builds the same way once the two
+    models are checked: the plan and resolved term settings, the projections beside the student, and the
+    batch-independent part of every step's LossContext."""
+
+    plan: RunPlan
+    term_settings: Dict[str, TermSettings]
+    projections: DistillProjections
+    context: Dict
+
+    @classmethod
+    def build(cls, teacher: nn.Module, student: nn.Module, cfg: DistillConfig, plan: RunPlan,
+              term_settings: Dict[str, TermSettings], device, backend: str, regression: bool,
+              dist: Dist = SINGLE) -> "DistillSetup":
+        """Moves the teacher to `device`, frozen (in train mode only with teacher_mode="train", as the authors'
+        code runs it), and makes the projections there; call after seeding (projection_init="normal"). The
+        student's placement is its trainer's business."""
+        teacher.to(device).train(cfg.teacher_mode == "train").requires_grad_(False)
+        projections = DistillProjections(student.config.hidden_size, teacher.config.hidden_size,
+                                         len(plan.layer_map), init=cfg.projection_init).to(device)
+        context = loss_context(cfg, projections, plan, regression, backend, dist)
+        return cls(plan, term_settings, projections, context)
+
+    def phases(self, stages: Sequence[int], cfg: DistillConfig, teacher, student, train_rows: int, output_dir: str,
+               cache=None, label: Optional[str] = None) -> List[Phase]:
+        return [stage_phase(s, stages, cfg, teacher, student, self.projections, self.context, self.term_settings,
+                            train_rows, output_dir, cache, label) for s in stages]
 
 
 def plan_terms(teacher, student, cfg: DistillConfig, stages: Sequence[int], qa: bool = False
@@ -117,4 +159,4 @@ def stage_phase(stage, stages, cfg, teacher, student, projections, context, sett
                  save_at_end=None if final else os.path.join(output_dir, "stage1"))
 
 
-__all__ = ["StageObjective", "plan_terms", "loss_context", "stage_phase", "targets"]
+__all__ = ["DistillSetup", "StageObjective", "checked_config", "plan_terms", "loss_context", "stage_phase", "targets"]
