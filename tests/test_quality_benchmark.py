@@ -81,3 +81,27 @@ def test_table_means_spreads_and_retention(tmp_path):
     lines = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert lines == ["| variant", "| ft", "| mlkd", "| mlkd-no-ss"]
     assert (tmp_path / "quality_cpu-2core.png").stat().st_size > 0
+
+
+def test_best_lr_table_picks_each_objectives_lr_and_says_beats_only_beyond_the_spread():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    sys.path.insert(0, os.path.dirname(TABLE))
+    import table
+
+    def row(objective, lr, seed, value):
+        variant, over = (objective, "") if lr == "5e-5" else (f"{objective}-lr{lr}", f"learning_rate={lr}")
+        return _row("cola", variant, seed, "mcc", value, 0.4, objective=objective, overrides=over)
+
+    rows = [row("ft", "5e-5", 42, 0.20), row("ft", "1e-4", 42, 0.25), row("ft", "2e-4", 42, 0.22),
+            row("ft", "1e-4", 43, 0.24), row("ft", "1e-4", 44, 0.26),
+            row("kd", "5e-5", 42, 0.20), row("kd", "1e-4", 42, 0.21), row("kd", "2e-4", 42, 0.22),
+            row("kd", "4e-4", 42, 0.22), row("kd", "2e-4", 43, 0.21), row("kd", "2e-4", 44, 0.23),
+            row("mlkd", "5e-5", 42, 0.30), row("mlkd", "1e-4", 42, 0.31), row("mlkd", "2e-4", 42, 0.29),
+            row("mlkd", "1e-4", 43, 0.25), row("mlkd", "1e-4", 44, 0.27),
+            _row("cola", "mlkd-lr1.5e-4", 42, "mcc", 0.50, 0.4, objective="mlkd", overrides="learning_rate=1.5e-4")]
+    lines = {line["objective"]: line for line in table.best_lr_table(rows, "cola")}
+    assert lines["ft"]["best lr"] == "1e-4" and lines["kd"]["best lr"] == "2e-4"  # tie 2e-4 / 4e-4: the first
+    assert lines["mlkd"]["best lr"] == "1e-4"  # the off-grid 1.5e-4 row stays out of the grid
+    # mlkd - ft by seed: 6, 1, 1 -> mean 2.67 < larger std (mlkd 3.06): level; mlkd - kd: 10, 4, 4 -> 6 > 3.06
+    assert lines["ft"]["verdict"].startswith("level") and lines["kd"]["verdict"] == "mlkd beats kd"
+    assert lines["mlkd"]["mcc"] == "27.67 ± 3.06"

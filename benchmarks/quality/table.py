@@ -29,6 +29,16 @@ TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("spearman", "pearson"), "c
                 "rte": ("accuracy",), "sst-2": ("accuracy",), "qnli": ("accuracy",), "qqp": ("accuracy", "f1"),
                 "mnli": ("accuracy",)}
 START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
+VERDICT_START, VERDICT_END = "<!-- quality-verdict:start -->", "<!-- quality-verdict:end -->"
+BASE_LR = 5e-5  # grid.yaml's distill learning_rate: the lr of a plain row (variant = the objective)
+# the lr grid, the same for every objective; 4e-4 is run for an objective whose best of the first three is 2e-4
+LR_GRID = (5e-5, 1e-4, 2e-4, 4e-4)
+
+
+def lr_text(lr: float) -> str:
+    """5e-05 -> 5e-5, 0.00015 -> 1.5e-4."""
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 # the order objectives are listed in: the simple ways first, the method last
@@ -84,6 +94,87 @@ def summarise(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
     return lines
 
 
+def _lr_of(row: Dict[str, str]):
+    """The learning rate of a row of the lr grid (12 heads, AdamW, no other override), or None for other rows."""
+    if row["heads"] != "12" or row.get("head_init", "concat") not in ("", "concat"):
+        return None
+    overrides = row.get("overrides", "")
+    if row["variant"] == row["objective"] and not overrides:
+        return BASE_LR
+    if row["variant"].startswith(row["objective"] + "-lr") and re.fullmatch(r"learning_rate=[0-9.e+-]+", overrides):
+        lr = float(overrides.split("=", 1)[1])
+        return lr if any(abs(lr - g) < 1e-12 for g in LR_GRID) else None  # off-grid rows (1.5e-4) stay out
+    return None
+
+
+def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd") -> List[Dict[str, str]]:
+    """Every objective at its own best lr of the seed-42 grid (main metric, then the second), its seeds at that
+    lr as mean +- std, and the paired gap of `reference` minus it over the seeds both have, with the verdict:
+    `reference` beats it / it beats `reference` only where the mean paired gap exceeds the larger of the two
+    spreads (sample std over seeds), "level" otherwise."""
+    task_rows = [r for r in rows if r["task"] == task and _lr_of(r) is not None]
+    if not task_rows:
+        return []
+    metrics = task_metrics(task, task_rows)
+    score = lambda r: tuple(100 * float(r[f"dev_{m}"]) for m in metrics)  # noqa: E731
+    runs: Dict[str, Dict[float, Dict[int, Dict[str, str]]]] = {}
+    for r in task_rows:
+        runs.setdefault(r["objective"], {}).setdefault(_lr_of(r), {})[int(r["seed"])] = r
+    best = {}
+    for objective, by_lr in runs.items():
+        grid = {lr: seeds[42] for lr, seeds in by_lr.items() if 42 in seeds}
+        if grid:
+            best[objective] = max(grid, key=lambda lr: score(grid[lr]))
+    main = metrics[0]
+    ref = runs.get(reference, {}).get(best.get(reference), {})
+    lines = []
+    for objective in sorted(best, key=lambda o: OBJECTIVE_ORDER.index(o) if o in OBJECTIVE_ORDER else 99):
+        by_lr, lr = runs[objective], best[objective]
+        seeds = by_lr[lr]
+        line = {"objective": objective,
+                "seed-42 grid (lr: " + main + ")": ", ".join(f"{lr_text(g)}: {100 * float(by_lr[g][42][f'dev_{main}']):.2f}"
+                                                            for g in sorted(by_lr) if 42 in by_lr[g]),
+                "best lr": lr_text(lr), "seeds": ",".join(str(k) for k in sorted(seeds))}
+        for m in metrics:
+            line[m] = mean_std([100 * float(r[f"dev_{m}"]) for r in seeds.values()])
+        if objective != reference and ref:
+            common = sorted(set(seeds) & set(ref))
+            gaps = [100 * (float(ref[k][f"dev_{main}"]) - float(seeds[k][f"dev_{main}"])) for k in common]
+            spread = max((statistics.stdev(100 * float(r[f"dev_{main}"]) for r in group.values())
+                          for group in (seeds, ref) if len(group) > 1), default=0.0)
+            line[f"{reference} - it, paired ({main})"] = mean_std(gaps) + f" (n={len(common)})"
+            mean_gap = statistics.mean(gaps)
+            partial = sum(42 in v for v in by_lr.values()) < 3 or sum(42 in v for v in runs[reference].values()) < 3
+            if len(common) < 2:
+                line["verdict"] = "one seed: no verdict"
+            elif mean_gap > spread:
+                line["verdict"] = f"{reference} beats {objective}"
+            elif -mean_gap > spread:
+                line["verdict"] = f"{objective} beats {reference}"
+            else:
+                line["verdict"] = f"level (|gap| <= larger std {spread:.2f})"
+            if partial and len(common) >= 2:
+                line["verdict"] += " at 5e-5 only (lr grid not run)" if len(by_lr) == 1 else " (lr grid incomplete)"
+        lines.append(line)
+    return lines
+
+
+def verdict_markdown(rows: List[Dict[str, str]]) -> str:
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        lines = best_lr_table(rows, task)
+        if not lines:
+            continue
+        cols = list(dict.fromkeys(k for line in lines for k in line))
+        out.append(f"**{get_task(task).folder}**: every objective at its own best lr (AdamW, 12 heads, 3-epoch budget; "
+                   "the lr chosen on seed 42, then seeds 43 and 44 at it)\n")
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "---|" * len(cols))
+        out += ["| " + " | ".join(line.get(c, "") for c in cols) + " |" for line in lines]
+        out.append("")
+    return "\n".join(out)
+
+
 def markdown(lines: List[Dict[str, str]]) -> str:
     out = []
     for task in dict.fromkeys(line["task"] for line in lines):
@@ -136,12 +227,12 @@ def plot(rows: List[Dict[str, str]], path: str) -> None:
     plt.close(fig)
 
 
-def replace_block(readme: str, table: str) -> None:
+def replace_block(readme: str, table: str, start: str = START, end: str = END) -> None:
     with open(readme) as f:
         text = f.read()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} block to replace")
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{table}\n{END}", text, flags=re.S)
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} block to replace")
+    new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{table}\n{end}", text, flags=re.S)
     tmp = readme + ".tmp"
     with open(tmp, "w") as f:
         f.write(new)
@@ -156,20 +247,24 @@ def main(argv=None) -> int:
     paths = sorted(glob.glob(os.path.join(args.dir, "quality_*.csv")))
     if not paths:
         raise SystemExit(f"no quality_*.csv in {args.dir}: run benchmarks/quality/run.py first")
-    tables = []
+    tables, verdicts = [], []
     for path in paths:
         machine = os.path.basename(path)[len("quality_"):-len(".csv")]
         rows = resultfile.read_csv(path)
         table = f"Machine: {machine} ({rows[0]['cpu_model']}), commits {', '.join(sorted(set(r['commit'] for r in rows)))}.\n\n"
+        verdict = verdict_markdown(rows)
         table += markdown(summarise(rows))
         base = path[: -len(".csv")]
         with open(base + ".md", "w") as f:
-            f.write(table)
+            f.write((verdict + "\n" if verdict else "") + table)
         plot(rows, base + ".png")
-        print(table)
+        print(verdict + "\n" + table)
         tables.append(table)
+        verdicts.append(verdict)
     if args.readme:
         replace_block(args.readme, "\n".join(tables))
+        if any(verdicts):
+            replace_block(args.readme, "\n".join(v for v in verdicts if v), VERDICT_START, VERDICT_END)
     return 0
 
 
