@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--teacher-cache-max-gb", type=float, help="refuse to build a cache larger than this")
     ds.add_argument("--teacher-cache-dtype", choices=CHOICES["teacher_cache_dtype"], help="cache storage")
     _add_term_settings_arg(ds)
+    ds.add_argument("--allow-other-task", action="store_true",
+                    help="use a teacher or student whose config records another task")
     ds.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
     gd = sub.add_parser("general-distill", help="task-agnostic distillation of a pretrained encoder on unlabelled text")
@@ -191,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="auto, cpu, cuda")
     ev.add_argument("--threads", type=int, help="torch CPU threads for the timing (default: torch's)")
     ev.add_argument("--json", help="also write the results to this JSON file")
+    ev.add_argument("--allow-other-task", action="store_true", help="evaluate a model whose config records another task")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     from mlkd_fast.train.general import GENERAL_DEFAULTS
 
@@ -422,7 +425,7 @@ def cmd_distill(args) -> int:
     student = _student(args, file, teacher, cfg, num_labels, spec.qa, train=None if spec.qa else train, tokenizer=tokenizer)
     result = distill(teacher, student, train, eval_data=dev, task=task, config=cfg, output_dir=args.output_dir,
                      stages=stages, backend=args.backend, resume=args.resume, overwrite=args.overwrite,
-                     tokenizer=tokenizer, progress=not args.no_progress)
+                     tokenizer=tokenizer, progress=not args.no_progress, allow_other_task=args.allow_other_task)
     return _report(result, "student", result.student_dir)
 
 
@@ -480,7 +483,8 @@ def cmd_evaluate(args) -> int:
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
     results = evaluate(list(args.model), dev, task=task, batch_size=opts["batch_size"], max_seq_length=opts["max_seq_length"],
-                       device=opts["device"], latency_batches=opts["latency_batches"])
+                       device=opts["device"], latency_batches=opts["latency_batches"],
+                       allow_other_task=args.allow_other_task)
     rows = [dict(model=m, **r) for m, r in zip(args.model, results)]
     _print_table(rows)
     if args.json:

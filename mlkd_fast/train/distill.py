@@ -31,8 +31,10 @@ from mlkd_fast.train.models import (
     as_model,
     check_fits,
     check_head,
+    check_task,
     is_qa_model,
     pad_id,
+    record_task,
     resolve_device,
 )
 from mlkd_fast.train.objectives import RunPlan, cached_features
@@ -67,6 +69,7 @@ def distill(
     overwrite: bool = False,
     tokenizer=None,
     progress: bool = True,
+    allow_other_task: bool = False,
 ) -> DistillResult:
     """Distil `teacher` (a task-fine-tuned sequence classifier) into `student` (e.g. from build_student).
 
@@ -75,6 +78,8 @@ def distill(
     stages: the stages to run, (1, 2), (1,) or (2,); None = every stage of config.objective.
     train_data / eval_data: datasets.Dataset, raw text (sentence1[, sentence2], labels; pass tokenizer=)
     or tokenised (input_ids, attention_mask[, token_type_ids], labels).
+    A model whose config records another task (finetune and distill record theirs) is refused unless
+    allow_other_task=True; the student is saved with the task recorded.
     """
     cfg = checked_config(config)
     check_output_dir(output_dir)
@@ -87,6 +92,8 @@ def distill(
         raise InputError(f"the teacher is a {type(teacher).__name__} but the student a {type(student).__name__}: "
                          "both need the same kind of head")
     check_head(student, "student", spec, num_labels)
+    for role, model in (("the teacher", teacher), ("the student", student)):
+        check_task(model, role, spec, allow_other_task)
     qa = is_qa_model(teacher)  # without a task, the models' heads decide
     if student is teacher:
         raise InputError("student is the teacher itself: build a separate student (build_student) or load another copy")
@@ -109,6 +116,8 @@ def distill(
     with start_run(dist, output_dir, settings, resume=resume, overwrite=overwrite, kind="distill") as saved:
         checkpoint.seed_everything(cfg.seed)
         student.to(device)
+        if spec is not None:
+            record_task(student, spec)  # saved with the student: evaluate and a later distill check it
         regression = num_labels == 1 and not qa
         setup = DistillSetup.build(teacher, student, cfg, plan, term_settings, device, backend, regression, dist)
         run = Run(kind="distill", config=cfg, output_dir=output_dir, settings=settings, model=student,

@@ -19,6 +19,7 @@ from mlkd_fast.train.config import check_int
 from mlkd_fast.train.models import (
     check_fits,
     check_head,
+    check_task,
     count_parameters,
     is_qa_model,
     load_for_task,
@@ -131,9 +132,11 @@ def evaluate(
     max_seq_length: int = 128,
     device: str = "auto",
     latency_batches: int = 0,
+    allow_other_task: bool = False,
 ):
     """Dev metrics and sizes of a model (or a from_pretrained directory), or of a list of them
-    (then a list of dicts); inference latency too when latency_batches > 0 (interleaved across models)."""
+    (then a list of dicts); inference latency too when latency_batches > 0 (interleaved across models).
+    A model whose config records another task than `task` is refused unless allow_other_task=True."""
     check_int("batch_size", batch_size, 1)
     check_int("max_seq_length", max_seq_length, 2)
     check_int("latency_batches", latency_batches, 0)
@@ -149,6 +152,7 @@ def evaluate(
                                                     qa=bool(spec and spec.qa))
             tok = tok if tok is not None else loaded_tokenizer
         num_labels = check_head(model, "model", spec)
+        check_task(model, "the model", spec, allow_other_task)
         check_fits(model, "model", max_seq_length, tok)
         model.to(dev)
         if is_qa_model(model):

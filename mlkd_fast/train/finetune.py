@@ -20,7 +20,7 @@ from mlkd_fast.train.config import FinetuneConfig, config_to_dict
 from mlkd_fast.train.distributed import Dist, check_global_batch
 from mlkd_fast.train.loop import Phase, Run, RunResult, run_phases
 from mlkd_fast.train.features import Features
-from mlkd_fast.train.models import check_fits, check_head, is_qa_model, model_inputs, pad_id, resolve_device
+from mlkd_fast.train.models import check_fits, check_head, is_qa_model, model_inputs, pad_id, record_task, resolve_device
 from mlkd_fast.train.objectives import supervised_loss
 from mlkd_fast.train.optim import linear_schedule, make_optimizer
 from mlkd_fast.train.rundir import (
@@ -60,6 +60,8 @@ def finetune(
     spec = get_task(task) if task is not None else None
     num_labels = check_head(model, "model", spec)
     check_fits(model, "model", cfg.max_seq_length, tokenizer)
+    if spec is not None:
+        record_task(model, spec)  # saved with the model: evaluate and distill check it
     qa = is_qa_model(model)
     regression = num_labels == 1 and not qa
     dist = Dist.from_env(resolve_device(cfg.device))

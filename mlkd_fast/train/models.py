@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from mlkd_fast.data.tasks import get_task
 from mlkd_fast.errors import InputError, InputTypeError
 
 
@@ -80,6 +81,30 @@ def check_head(model: nn.Module, name: str, task=None, num_labels: Optional[int]
         raise InputError(f"{name} is a {type(model).__name__}, which has no question-answering head; load it with "
                          "AutoModelForQuestionAnswering (and fine-tune it on the task first if it is the teacher)")
     return 2
+
+
+def record_task(model: nn.Module, task) -> None:
+    """Writes the task into the model's config (HF's `finetuning_task`, with the label names as id2label), so that
+    it is saved with the model and a later evaluate / distill can check that it is given the same task."""
+    model.config.finetuning_task = task.name
+    if not task.qa and not task.is_regression and task.labels:
+        model.config.id2label = {i: str(label) for i, label in enumerate(task.labels)}
+        model.config.label2id = {str(label): i for i, label in enumerate(task.labels)}
+
+
+def check_task(model: nn.Module, role: str, task, allow_other_task: bool = False) -> None:
+    """Refuses a model whose config records another task than `task` (a name this library does not know, from
+    another tool, is not compared); allow_other_task=True for the rare deliberate case."""
+    recorded = getattr(getattr(model, "config", None), "finetuning_task", None)
+    if task is None or not recorded or allow_other_task:
+        return
+    try:
+        mine = get_task(recorded).name
+    except InputError:
+        return
+    if mine != task.name:
+        raise InputError(f"{role} was trained for task {mine!r} (its config.json finetuning_task), not {task.name!r}: "
+                         f"give the {mine} data, or pass allow_other_task=True (CLI --allow-other-task) to use it anyway")
 
 
 def as_model(model, role: str, num_labels: Optional[int] = None, qa: bool = False) -> nn.Module:
@@ -157,5 +182,5 @@ def model_inputs(model: nn.Module, batch) -> dict:
             if k in batch and (takes_all or k in accepted)}
 
 
-__all__ = ["pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "check_fits", "pad_id", "resolve_device", "model_inputs", "check_head", "is_qa_model",
+__all__ = ["record_task", "check_task", "pretrained_teacher_dir", "load_for_task", "as_model", "check_classifier", "check_fits", "pad_id", "resolve_device", "model_inputs", "check_head", "is_qa_model",
            "count_parameters"]
