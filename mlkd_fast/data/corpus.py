@@ -54,10 +54,52 @@ def iter_lines(corpus) -> Iterator[str]:
     if not isinstance(corpus, (str, os.PathLike, list, tuple)):
         raise InputTypeError(f"corpus must be text file/folder paths or a datasets text dataset, got {type(corpus).__name__}")
     for path in corpus_files(corpus):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.strip():
-                    yield line.strip()
+        for line in read_text_lines(path):
+            if line.strip():
+                yield line.strip()
+
+
+# first bytes of compressed files: read transparently, or refused with what to do
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+NUL = bytes(1)
+REFUSED = {b"PK\x03\x04": "zip", b"\x28\xb5\x2f\xfd": "zstd", b"7z\xbc\xaf\x27\x1c": "7z"}
+
+
+def read_text_lines(path: str) -> Iterator[str]:
+    """The lines of a UTF-8 text file (a BOM is dropped), decompressed when it is gzip, bz2 or xz (by its first
+    bytes, whatever its name). Other binary files and text that is not UTF-8 are refused with the file, line and
+    byte: never decoded into replacement characters."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    kind = next((name for magic, name in COMPRESSED.items() if head.startswith(magic)), None)
+    refused = next((name for magic, name in REFUSED.items() if head.startswith(magic)), None)
+    if refused:
+        raise InputError(f"corpus file {path!r} is a {refused} archive: extract its text files first")
+    if kind == "gzip":
+        import gzip
+        opener = gzip.open
+    elif kind == "bz2":
+        import bz2
+        opener = bz2.open
+    elif kind == "xz":
+        import lzma
+        opener = lzma.open
+    else:
+        opener = open
+    with opener(path, "rb") as f:
+        offset = 0
+        for lineno, raw in enumerate(f, start=1):
+            where = f"corpus file {path!r}" + (f" ({kind})" if kind else "")
+            nul = raw.find(NUL)
+            if nul >= 0:
+                raise InputError(f"{where} is binary, not text: a NUL byte at byte offset {offset + nul} (line {lineno})")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{where}, line {lineno}: not UTF-8 text (byte offset {offset + e.start}: "
+                                 f"{raw[e.start:e.start + 4]!r})") from None
+            yield text.lstrip("\ufeff") if lineno == 1 else text
+            offset += len(raw)
 
 
 def pack(lines: Iterable[str], tokenizer, max_length: int) -> Iterator[dict]:
@@ -125,6 +167,8 @@ def packed_corpus(corpus, tokenizer, max_length: int, cache_dir: str):
     def rows():
         yield from pack(iter_lines(corpus), tokenizer, max_length)
 
+    if next(pack(iter_lines(corpus), tokenizer, max_length), None) is None:  # before datasets sees an empty stream
+        raise InputError("the corpus holds no text")
     os.makedirs(cache_dir, exist_ok=True)
     ds = datasets.Dataset.from_generator(rows, cache_dir=cache_dir,
                                          fingerprint=corpus_fingerprint(corpus, tokenizer, max_length))
@@ -133,4 +177,4 @@ def packed_corpus(corpus, tokenizer, max_length: int, cache_dir: str):
     return ds
 
 
-__all__ = ["corpus_files", "iter_lines", "pack", "corpus_fingerprint", "packed_corpus"]
+__all__ = ["corpus_files", "iter_lines", "read_text_lines", "pack", "corpus_fingerprint", "packed_corpus"]
