@@ -175,3 +175,19 @@ def test_errors_that_are_not_the_users_keep_their_traceback(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         main(["evaluate", "--task", "mrpc", "--model", "x"])
     assert issubclass(InputError, (MLKDError, ValueError)) and issubclass(InputTypeError, (MLKDError, TypeError))
+
+
+def test_truncated_model_weights_are_one_clear_error(tmp_path):
+    import os
+
+    from tiny_bert import tiny_bert
+
+    from mlkd_fast.errors import InputError
+    from mlkd_fast.train.models import load_for_task
+
+    tiny_bert(layers=1, hidden=32, heads=2).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"SafetensorError"):
+        load_for_task(os.fspath(tmp_path / "m"), 2, require_head=True, role="--teacher")

@@ -180,6 +180,8 @@ class DistillConfig(_Common):
         if self.teacher_cache is not None:
             if not isinstance(self.teacher_cache, (str, os.PathLike)):
                 raise InputTypeError(f"teacher_cache must be a folder path or None, got {self.teacher_cache!r}")
+            if os.path.exists(self.teacher_cache) and not os.path.isdir(self.teacher_cache):
+                raise InputError(f"teacher_cache {os.fspath(self.teacher_cache)!r} is a file: give a folder (made if missing)")
             if self.teacher_cache_max_gb is not None:
                 check_float("teacher_cache_max_gb", self.teacher_cache_max_gb)
             if self.teacher_mode == "train":

@@ -59,7 +59,8 @@ def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: boo
     try:
         model = auto.from_pretrained(model_dir, num_labels=num_labels)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError, RuntimeError) as e:  # missing or corrupt weights / tokenizer files
+    except Exception as e:  # noqa: BLE001 -- missing or corrupt weights / tokenizer files (OSError, ValueError,
+        # RuntimeError, safetensors' SafetensorError for a truncated model.safetensors, ...): one message
         raise InputError(f"{role} directory {model_dir!r} could not be loaded: {type(e).__name__}: {e}") from e
     return model, tokenizer
 

@@ -58,8 +58,7 @@ class TeacherCache:
 
     def __init__(self, folder: str, teacher_layers: int, heads: int, names: Sequence[str], verify: bool = True):
         self.folder = folder
-        with open(os.path.join(folder, "manifest.json")) as f:
-            self.manifest = json.load(f)
+        self.manifest = read_manifest(os.path.join(folder, "manifest.json"))
         for name in ["offsets.npy"] + [n + ".npy" for n in names] if verify else ():  # the files read
             if _sha256(os.path.join(folder, name)) != self.manifest["files"][name]["sha256"]:
                 raise InputError(f"teacher cache file {os.path.join(folder, name)} does not match its checksum "
@@ -135,14 +134,29 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def read_manifest(path: str) -> Dict:
+    """A cache folder's manifest.json, checked: a damaged one is an error naming it (and what to do)."""
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        missing = [k for k in ("names", "files") if k not in manifest]
+        if missing:
+            raise ValueError(f"no {missing}")
+        return manifest
+    except (OSError, ValueError) as e:
+        raise InputError(f"teacher cache manifest {path} is damaged ({type(e).__name__}: {e}): delete its folder "
+                         f"{os.path.dirname(path)} to rebuild it") from None
+
+
 def _covering(root: str, prefix: str, names: List[str]) -> Optional[str]:
     """A complete cache folder of this source holding every one of `names` (the smallest such), or None."""
     found = []
     for entry in sorted(os.listdir(root)) if os.path.isdir(root) else ():
         manifest = os.path.join(root, entry, "manifest.json")
         if entry.startswith(prefix + "-") and ".tmp." not in entry and os.path.exists(manifest):
-            with open(manifest) as f:
-                held = json.load(f)["names"]
+            held = read_manifest(manifest)["names"]
             if set(names) <= set(held):
                 found.append((len(held), os.path.join(root, entry)))
     return min(found)[1] if found else None

@@ -133,3 +133,21 @@ def test_disk_budget_and_the_cli_flag(tmp_path, capsys):
     assert main(args + ["--output-dir", str(tmp_path / "o2")]) == 0
     out = capsys.readouterr().out
     assert "building" not in out and "teacher cache" in out  # the second run reads it
+
+
+def test_damaged_manifest_and_a_file_as_cache_folder_are_clear_errors(tmp_path):
+    from mlkd_fast import DistillConfig
+    from mlkd_fast.errors import InputError
+    from mlkd_fast.train.teacher_cache import read_manifest
+
+    folder = tmp_path / "abc-def"
+    folder.mkdir()
+    manifest = folder / "manifest.json"
+    for text in ('{"names": ["cls"], "fi', '{"names": ["cls"]}', "[1, 2]"):
+        manifest.write_text(text)
+        with pytest.raises(InputError, match=r"manifest\.json is damaged .*delete its folder"):
+            read_manifest(str(manifest))
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("x")
+    with pytest.raises(InputError, match=r"teacher_cache .*cache\.txt' is a file"):
+        DistillConfig(teacher_cache=str(a_file)).validate()
