@@ -584,6 +584,18 @@ COMMANDS = {"finetune": cmd_finetune, "distill": cmd_distill, "general-distill":
             "evaluate": cmd_evaluate, "env": cmd_env}
 
 
+def _output_lock(args):
+    """A training command takes its output folder's lock first (on rank 0, as the trainer does), so that a second
+    run into the same folder is refused before it loads models and data."""
+    import contextlib
+
+    from mlkd_fast.train.rundir import run_lock
+
+    if args.command in ("finetune", "distill", "general-distill") and int(os.environ.get("RANK", "0")) == 0:
+        return run_lock(args.output_dir)
+    return contextlib.nullcontext()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -592,7 +604,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         hf_logging.disable_progress_bar()  # also the weight loading/saving bars
     try:
-        code = COMMANDS[args.command](args)
+        with _output_lock(args):
+            code = COMMANDS[args.command](args)
         leave_process_group()  # the CLI owns its process: under torchrun, leave the group the command joined
         return code
     except RunInterrupted as e:

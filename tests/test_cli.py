@@ -185,3 +185,21 @@ def test_general_distill_then_distill_and_finetune_take_the_student(setup, capsy
     assert main(["general-distill", "--corpus", str(tmp / "missing.txt"), "--output-dir", str(tmp / "x"),
                  "--student-layers", "2", "--splits", "4", "--teacher", pretrained]) == 2
     assert "neither a file nor a folder" in capsys.readouterr().err
+
+
+def test_a_locked_output_folder_is_refused_before_anything_loads(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        out = tmp_path / "run"
+        (tmp_path / "run.lock").write_text(f"{other.pid} {socket.gethostname()}\n")
+        # the teacher does not exist: a run that checked it before taking the lock would say so instead
+        assert main(["distill", "--task", "mrpc", "--data-dir", str(tmp_path), "--teacher", str(tmp_path / "none"),
+                     "--output-dir", str(out), "--student-layers", "1"]) == 2
+        assert "is in use by another run (pid" in capsys.readouterr().err
+    finally:
+        other.kill()

@@ -54,14 +54,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_HELD: Dict[str, int] = {}  # lock path -> nesting depth in this process
+
+
 @contextlib.contextmanager
 def run_lock(output_dir) -> Iterator[None]:
     """Hold `<output_dir>.lock` for the block; a second run into the same folder is refused.
 
     The lock lives beside the folder, not in it, so that --overwrite can empty the folder while holding it.
-    A lock whose process is gone (same host) is stale and taken over.
+    A lock whose process is gone (same host) is stale and taken over. Re-entrant within a process: the CLI takes
+    it first thing, before loading models or data, and the trainer's own run_lock inside it is then a no-op.
     """
     path = check_output_dir(output_dir).rstrip(os.sep) + ".lock"
+    if _HELD.get(path):
+        _HELD[path] += 1
+        try:
+            yield
+        finally:
+            _HELD[path] -= 1
+        return
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as e:
@@ -88,9 +99,11 @@ def run_lock(output_dir) -> Iterator[None]:
         with os.fdopen(fd, "w") as f:
             f.write(me + "\n")
         break
+    _HELD[path] = 1
     try:
         yield
     finally:
+        _HELD.pop(path, None)
         try:
             with open(path, encoding="utf-8") as f:
                 if f.read().strip() == me:
