@@ -51,6 +51,44 @@ def _distill(e, **kw):
     return lambda: mf.distill(teacher, student, args.pop("train", tokenized_dataset(8)), **args)
 
 
+def _file(path, data: bytes) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def _mrpc_model(e) -> str:
+    """The env teacher saved as a model recorded for MRPC (as finetune and distill save theirs)."""
+    model = tiny_bert(layers=2)
+    model.config.finetuning_task = "mrpc"
+    folder = e["tmp"] / "mrpc_model"
+    model.save_pretrained(folder)
+    tiny_tokenizer(str(folder)).save_pretrained(folder)
+    return str(folder)
+
+
+def _truncated_teacher(e) -> str:
+    folder = e["tmp"] / "truncated"
+    tiny_bert(layers=2).save_pretrained(folder)
+    tiny_tokenizer(str(folder)).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return str(folder)
+
+
+def _locked(e) -> str:
+    import socket
+
+    (e["tmp"] / "o.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")  # a live process, not this one
+    return str(e["tmp"] / "o")
+
+
+def _with(e, **paths):
+    """The env with extra {names} for cli() argument templates."""
+    return dict(e, **paths)
+
+
 def _renamed_layernorm():
     """A BERT whose embedding LayerNorm has another name: the BERT adapter cannot find it."""
     model = tiny_bert(layers=1)
@@ -127,6 +165,33 @@ CASES = {
     "cli-stages-type": (lambda e: cli(e, "distill", "--config", "{tmp}/stages12.yaml", "--data-dir", "{glue}",
                                       "--teacher", "{teacher}", "--student-layers", "1", "--output-dir", "{tmp}/o"),
                         InputError, "stages must be a list"),
+    "cli-tsv-fields": (lambda e: cli(_with(e, bad=_file(e["tmp"] / "t.tsv", b"Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+                                                                          b"1\t1\t2\ta b\n")),
+                                     "distill", "--task", "mrpc", "--train-file", "{bad}", "--dev-file", "{bad}",
+                                     "--teacher", "{teacher}", "--student-layers", "1", "--output-dir", "{tmp}/o"),
+                       InputError, r"t\.tsv, line 2: expected 5 tab-separated fields, got 4"),
+    "cli-other-task": (lambda e: cli(_with(e, model=_mrpc_model(e), rte=_file(e["tmp"] / "rte" / "dev.tsv",
+                                                                               b"index\tsentence1\tsentence2\tlabel\n"
+                                                                               b"0\tgood film\tthe film\tentailment\n")),
+                                     "evaluate", "--task", "rte", "--dev-file", "{rte}", "--model", "{model}"), InputError,
+                       r"was trained for task 'mrpc'.*--allow-other-task"),
+    "cli-corpus-binary": (lambda e: cli(_with(e, corpus=_file(e["tmp"] / "c.bin", bytes(range(256)))), "general-distill",
+                                        "--teacher", "{teacher}", "--corpus", "{corpus}", "--student-layers", "1",
+                                        "--splits", "4", "--output-dir", "{tmp}/o"), InputError,
+                          r"c\.bin' is binary, not text"),
+    "cli-corpus-empty": (lambda e: cli(_with(e, corpus=_file(e["tmp"] / "c.txt", b"\n  \n")), "general-distill",
+                                       "--teacher", "{teacher}", "--corpus", "{corpus}", "--student-layers", "1",
+                                       "--splits", "4", "--output-dir", "{tmp}/o"), InputError, "the corpus holds no text"),
+    "cli-truncated-weights": (lambda e: cli(_with(e, bad=_truncated_teacher(e)), "distill", "--task", "mrpc", "--data-dir",
+                                            "{glue}", "--teacher", "{bad}", "--student-layers", "1", "--output-dir",
+                                            "{tmp}/o"), InputError, r"could not be loaded: SafetensorError"),
+    "cli-cache-file": (lambda e: cli(_with(e, bad=_file(e["tmp"] / "cache.txt", b"x")), "distill", "--task", "mrpc",
+                                     "--data-dir", "{glue}", "--teacher", "{teacher}", "--student-layers", "1",
+                                     "--teacher-cache", "{bad}", "--output-dir", "{tmp}/o"), InputError,
+                       r"teacher_cache .*cache\.txt' is a file"),
+    "cli-locked": (lambda e: cli(_with(e, out=_locked(e)), "distill", "--task", "mrpc", "--data-dir", "{glue}",
+                                 "--teacher", "{teacher}", "--student-layers", "1", "--output-dir", "{out}"), InputError,
+                   r"is in use by another run \(pid"),
 }
 
 
@@ -158,8 +223,11 @@ def test_bad_input(env, case, capsys):
     if case.startswith("cli-"):
         assert call() == 2
         err = capsys.readouterr().err
-        assert err.startswith("mlkd-fast: error:") and re.search(pattern, err), err
+        last = err.strip().splitlines()[-1]  # (transformers may print load reports or bars before it)
+        assert last.startswith("mlkd-fast: error:") and re.search(pattern, last), err
         assert "Traceback" not in err
+        out = env["tmp"] / "o"
+        assert not out.exists() or not any(out.iterdir()), f"{case} wrote into the output folder"
         return
     with pytest.raises(exc, match=pattern):
         call()

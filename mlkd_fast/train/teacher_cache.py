@@ -10,7 +10,8 @@ an objective that reads fewer features (kd: logits) reuses the cache another obj
     offsets.npy     int64 (N + 1,): example i's tokens are rows offsets[i]:offsets[i + 1] of a token file
     <name>.npy      token features (T, D), trimmed to each example's real tokens; or row features (N, C)
 It is built in a temporary folder and renamed into place whole (a cache folder that exists is complete);
-every file is checked against its sha256 when a cache is opened, and a mismatch is an error naming the file.
+every file is checked against its sha256 when a cache is opened; a folder of the library's own naming whose
+manifest or files are damaged is removed and built again (the log line names the file).
 Each loss term names the features it reads (objectives.Term.cached); names: tok (L_EMB input), hid<m> (H_m), mha<m> (O_m), q<m>/k<m>/v<m>, cls, logits, start/end (QA).
 """
 from __future__ import annotations
@@ -115,7 +116,17 @@ def open_or_build(root: str, teacher, train, names: Iterable[str], *, depends_on
     prefix = _digest(source)
     layers, heads = teacher.config.num_hidden_layers, teacher.config.num_attention_heads
     placed = False  # True when this call wrote the folder (its files were hashed as they were written)
-    folder = _covering(root, prefix, names)
+    folder = _covering(root, prefix, names, log)
+    if folder is not None:
+        try:
+            cache = TeacherCache(folder, layers, heads, names)
+        except InputError as e:  # the library's own folder, damaged (a file changed or cut short): rebuilt
+            log(f"mlkd_fast: {e}; rebuilding it")
+            shutil.rmtree(folder, ignore_errors=True)
+            folder = None
+        else:
+            log(f"mlkd_fast: teacher cache {folder}: {cache.bytes / 2**20:.1f} MiB")
+            return cache
     if folder is None:
         folder = os.path.join(root, f"{prefix}-{_digest(names)[:8]}")
         size = estimated_bytes(teacher, train, names, dtype)
@@ -150,13 +161,19 @@ def read_manifest(path: str) -> Dict:
                          f"{os.path.dirname(path)} to rebuild it") from None
 
 
-def _covering(root: str, prefix: str, names: List[str]) -> Optional[str]:
-    """A complete cache folder of this source holding every one of `names` (the smallest such), or None."""
+def _covering(root: str, prefix: str, names: List[str], log=print) -> Optional[str]:
+    """A complete cache folder of this source holding every one of `names` (the smallest such), or None. A folder
+    of this source (named by the library) whose manifest is damaged is removed, to be rebuilt."""
     found = []
     for entry in sorted(os.listdir(root)) if os.path.isdir(root) else ():
         manifest = os.path.join(root, entry, "manifest.json")
         if entry.startswith(prefix + "-") and ".tmp." not in entry and os.path.exists(manifest):
-            held = read_manifest(manifest)["names"]
+            try:
+                held = read_manifest(manifest)["names"]
+            except InputError as e:
+                log(f"mlkd_fast: {e}; removing it")
+                shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+                continue
             if set(names) <= set(held):
                 found.append((len(held), os.path.join(root, entry)))
     return min(found)[1] if found else None

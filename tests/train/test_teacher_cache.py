@@ -1,5 +1,5 @@
 """The teacher-output cache on tiny models: built once and reused (the teacher never runs again), the same
-losses and dev score as without it, a new cache when the teacher changes, a damaged file refused, the
+losses and dev score as without it, a new cache when the teacher changes, a damaged cache folder rebuilt, the
 teacher-with-dropout recipe refused, and resume."""
 import json
 import math
@@ -71,19 +71,23 @@ def test_another_teacher_data_dtype_or_feature_set_gets_its_own_cache(tmp_path):
     assert len(os.listdir(tmp_path / "cache")) == 5
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
-def test_a_damaged_file_is_refused(tmp_path, damage):
-    _run(tmp_path, "a", cache=True)
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "manifest"])
+def test_a_damaged_cache_folder_of_the_library_is_rebuilt(tmp_path, damage, capsys):
+    first = _run(tmp_path, "a", cache=True)
     (folder,) = os.listdir(tmp_path / "cache")
-    path = tmp_path / "cache" / folder / "hid2.npy"
+    path = tmp_path / "cache" / folder / ("manifest.json" if damage == "manifest" else "hid2.npy")
     data = bytearray(path.read_bytes())
-    if damage == "truncated":
-        del data[len(data) // 2:]
-    else:
+    if damage == "flipped byte":
         data[-1] ^= 0xFF
+    else:
+        del data[len(data) // 2:]
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="hid2.npy does not match its checksum"):
-        _run(tmp_path, "b", cache=True)
+    capsys.readouterr()
+    again = _run(tmp_path, "b", cache=True)
+    said = capsys.readouterr()
+    assert "rebuilding it" in said.out + said.err or "removing it" in said.out + said.err
+    assert "does not match its checksum" in said.out + said.err or "manifest.json is damaged" in said.out + said.err
+    assert _losses(again) == _losses(first) and os.listdir(tmp_path / "cache") == [folder]
 
 
 def test_teacher_with_dropout_is_refused():
