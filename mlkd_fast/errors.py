@@ -28,8 +28,12 @@ class DivergenceError(MLKDError, RuntimeError):
     """Training produced a non-finite loss, gradient or prediction; the run stopped before saving it."""
 
 
+class DiskFullError(MLKDError, OSError):
+    """A checkpoint, model or cache write ran out of disk space; what was written before it is intact."""
+
+
 class RunInterrupted(MLKDError, KeyboardInterrupt):
     """SIGINT/SIGTERM stopped a run at a step boundary, after writing a checkpoint to resume from."""
 
 
-__all__ = ["MLKDError", "InputError", "InputTypeError", "BackendError", "DivergenceError", "RunInterrupted"]
+__all__ = ["MLKDError", "InputError", "InputTypeError", "BackendError", "DivergenceError", "DiskFullError", "RunInterrupted"]

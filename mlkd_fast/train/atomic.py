@@ -9,11 +9,15 @@ whichever complete model a crash between the two left behind.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import json
 import os
 import shutil
 from typing import Callable, Optional
+
+from mlkd_fast.errors import DiskFullError
 
 # Fault injection for the tests: called with the name of each step of a write; a hook that raises there
 # simulates a crash at that instant. None in normal use.
@@ -40,14 +44,28 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _disk_full(e: OSError, what: str) -> DiskFullError:
+    return DiskFullError(errno.ENOSPC, f"no space left on device while writing {what}: free some space and run "
+                                       "again (--resume continues from the last checkpoint; the files written before "
+                                       f"this one are intact) ({e.strerror or e})")
+
+
 def write_temp(path: str, data: bytes) -> str:
-    """data -> `path.tmp.<pid>`, flushed to disk; returns that temporary path (to be renamed over path)."""
+    """data -> `path.tmp.<pid>`, flushed to disk; returns that temporary path (to be renamed over path). A full
+    disk removes the temporary file and raises DiskFullError (path itself is untouched)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise _disk_full(e, path) from e
     return tmp
 
 
@@ -98,9 +116,15 @@ def save_model_atomic(model, dest: str, tokenizer=None) -> str:
     """save_pretrained (+ tokenizer) so that at every instant `dest` is the old or the new complete model."""
     recover_model_dir(dest)
     tmp, old = dest + ".tmp", dest + ".old"
-    model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # dest still holds the previous complete model
+        raise _disk_full(e, dest) from e
     fault_point("model:saved-tmp")
     with open(os.path.join(tmp, COMPLETE), "w") as f:
         f.flush()

@@ -270,3 +270,41 @@ def test_a_broken_triton_install_is_reported_not_hidden(monkeypatch):
         backends.resolve("triton", torch.device("cuda"))
     with pytest.warns(RuntimeWarning, match="eager torch reference.*broken driver"):
         assert backends.resolve("auto", torch.device("cuda")) == "torch"
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_model_and_says_no_space(tmp_path, monkeypatch):
+    import errno
+
+    from mlkd_fast.errors import DiskFullError
+
+    def state(step):
+        return {"kind": "distill", "config": {}, "state": {"global_step": step}, "optimizer": {}, "scheduler": {},
+                "rng": {}, "modules": {"model": {"w": torch.full((3,), float(step))}}}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    checkpoint.save_state(str(tmp_path), state(1))
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full)  # the disk fills while the new checkpoint is flushed
+        with pytest.raises(DiskFullError, match="no space left on device while writing .*--resume"):
+            checkpoint.save_state(str(tmp_path), state(2))
+    assert checkpoint.load_state(str(tmp_path), "distill")["state"]["global_step"] == 1
+    assert not [f for f in os.listdir(tmp_path / "checkpoint") if ".tmp." in f]
+
+    old, new = tiny_bert(layers=1, seed=1), tiny_bert(layers=1, seed=2)
+    dest = str(tmp_path / "student")
+    atomic.save_model_atomic(old, dest)
+
+    def half_then_full(folder, *args, **kwargs):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            f.write("{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(new, "save_pretrained", half_then_full)
+    with pytest.raises(DiskFullError, match="no space left"):
+        atomic.save_model_atomic(new, dest)
+    got = _weights(dest)
+    assert all(torch.equal(got[k], v) for k, v in old.state_dict().items() if k in got)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "student"]
