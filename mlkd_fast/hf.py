@@ -22,6 +22,11 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 import transformers
+
+try:
+    import accelerate  # noqa: F401 -- transformers.Trainer needs it; say so here, in one line
+except ImportError as e:  # pragma: no cover - the test extra installs it
+    raise ImportError("mlkd_fast.hf.MLKDTrainer needs accelerate: pip install 'mlkd_fast[hf]'") from e
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from mlkd_fast.errors import InputError, InputTypeError
@@ -83,6 +88,9 @@ class MLKDTrainer(transformers.Trainer):
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         if "labels" not in inputs:
             raise InputError("MLKDTrainer needs a 'labels' column (hard-label and contrastive terms read it)")
+        if not model.training:  # evaluation: eval_loss is the student's own hard-label loss, the same in every
+            outputs = model(**inputs)  # stage, so that metric_for_best_model="loss" compares like with like
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
         student = self.accelerator.unwrap_model(model)
         stage = self.current_stage()
         loss, terms, features = self.objectives[stage](self.teacher, student, inputs, call=model)

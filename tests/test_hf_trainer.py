@@ -161,3 +161,19 @@ def test_gradient_accumulation_averages_like_one_big_batch(tmp_path):
     assert big.abs().sum() > 0
     torch.testing.assert_close(acc, big, rtol=1e-4, atol=1e-7)
     assert acc_loss == pytest.approx(big_loss, rel=1e-4)
+
+
+def test_eval_loss_is_the_students_hard_label_loss_in_every_stage(tmp_path):
+    import torch.nn.functional as F
+
+    trainer = _trainer(tmp_path / "run", max_steps=2)
+    batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(len(trainer.eval_dataset))])
+    expected = []
+    for stage in (1, 2):
+        trainer.current_stage = lambda stage=stage: stage  # noqa: E731
+        got = trainer.evaluate()["eval_loss"]
+        trainer.model.eval()
+        with torch.no_grad():
+            logits = trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        expected.append(F.cross_entropy(logits, batch["labels"]).item())
+        assert got == pytest.approx(expected[-1], rel=1e-5)
