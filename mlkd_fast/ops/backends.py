@@ -66,12 +66,16 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Under torch.compile, what is built and importable is a constant of the process: dynamo calls these eagerly
+# instead of tracing into their import caches
+@torch.compiler.assume_constant_result
 def _cpp_complete() -> bool:
     mod = cpp_module()
     needed = ("relation_kl_forward", "relation_kl_backward", "sample_contrastive_forward", "sample_contrastive_backward")
     return mod is not None and all(hasattr(mod, n) for n in needed)
 
 
+@torch.compiler.assume_constant_result
 def _triton_usable() -> bool:
     return triton_kernels() is not None and (torch.cuda.is_available() or triton_interpreter())
 

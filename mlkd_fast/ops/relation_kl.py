@@ -9,8 +9,9 @@ Validation happens here once, then the resolved backend computes.
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
-from torch.autograd.function import once_differentiable
 
 from mlkd_fast.ops import _validate, backends, reference
 
@@ -37,7 +38,7 @@ def _run(name: str, teacher, student, splits: int, mask):
     if name == "torch":
         return reference.relation_kl(teacher, student, splits, mask)
     if name == "cpp":
-        return _RelationKLCpp.apply(teacher, student, splits, mask)
+        return _relation_kl_cpp(*_compute_inputs(teacher, student), splits, mask)[0]
     if name == "triton":
         from mlkd_fast.kernels.relation_kl import relation_kl as triton_relation_kl
 
@@ -49,39 +50,60 @@ def _run(name: str, teacher, student, splits: int, mask):
 
 
 def _compute_inputs(teacher, student):
-    """Both inputs in the accumulation dtype (fp64 if either is fp64, else fp32).
-
-    fp16/bf16 are converted once here; fp32/fp64 inputs pass through with
-    their strides (the kernels read any strides, so no copy is made).
-    """
+    """Both inputs in the accumulation dtype (fp64 if either is fp64, else fp32), differentiably: fp16/bf16 are
+    converted once here (autograd casts their gradients back); fp32/fp64 inputs pass through with their strides
+    (the kernels read any strides, so no copy is made)."""
     acc = _validate.accum_dtype(teacher, student)
-    return teacher.detach().to(acc), student.detach().to(acc)
+    return teacher.to(acc), student.to(acc)
 
 
-class _RelationKLCpp(torch.autograd.Function):
-    """backend="cpp": the fused one-pass forward and the recomputing backward of
-    csrc/relation_tiles.h. Saves only the inputs and O(B*A*L) row statistics
-    (row maxima, log-sums, KL)."""
+# backend="cpp" as PyTorch custom ops (torch.compile traces through them; register_fake gives their shapes):
+# the fused one-pass forward and the recomputing backward of csrc/relation_tiles.h. Only the inputs and
+# O(B*A*L) row statistics (row maxima, log-sums, KL: STATS per row) are saved for the backward.
+STATS = 5  # csrc/bindings.cpp kStats
 
-    @staticmethod
-    def forward(ctx, teacher, student, splits, mask):
-        t, s = _compute_inputs(teacher, student)
-        loss, stats = backends.cpp_module().relation_kl_forward(t, s, splits, mask)
-        ctx.save_for_backward(t, s, mask, stats)
-        ctx.splits = splits
-        ctx.dtypes = (teacher.dtype, student.dtype)
-        return loss
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        t, s, mask, stats = ctx.saved_tensors
-        need_t, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_t or need_s):
-            return None, None, None, None
-        g_t, g_s = backends.cpp_module().relation_kl_backward(
-            t, s, ctx.splits, mask, stats, float(grad), bool(need_t)
-        )
-        g_t = g_t.to(ctx.dtypes[0]) if need_t else None
-        g_s = g_s.to(ctx.dtypes[1]) if need_s else None
-        return g_t, g_s, None, None
+@torch.library.custom_op("mlkd_fast::relation_kl_cpp", mutates_args=())
+def _relation_kl_cpp(teacher: torch.Tensor, student: torch.Tensor, splits: int,
+                     mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    loss, stats = backends.cpp_module().relation_kl_forward(teacher, student, splits, mask)
+    return loss, stats
+
+
+@_relation_kl_cpp.register_fake
+def _(teacher, student, splits, mask):
+    B, L = teacher.shape[0], teacher.shape[1]
+    return teacher.new_empty(()), teacher.new_empty((B, splits, L, STATS))
+
+
+@torch.library.custom_op("mlkd_fast::relation_kl_cpp_backward", mutates_args=())
+def _relation_kl_cpp_backward(teacher: torch.Tensor, student: torch.Tensor, splits: int, mask: Optional[torch.Tensor],
+                              stats: torch.Tensor, grad: torch.Tensor,
+                              teacher_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    g_t, g_s = backends.cpp_module().relation_kl_backward(teacher, student, splits, mask, stats, float(grad),
+                                                           teacher_grad)
+    return (g_t if teacher_grad else teacher.new_zeros(0)), g_s
+
+
+@_relation_kl_cpp_backward.register_fake
+def _(teacher, student, splits, mask, stats, grad, teacher_grad):
+    return (torch.empty_like(teacher) if teacher_grad else teacher.new_empty(0)), torch.empty_like(student)
+
+
+def _relation_kl_setup(ctx, inputs, output):
+    teacher, student, splits, mask = inputs
+    ctx.save_for_backward(teacher, student, mask, output[1])
+    ctx.splits = splits
+    ctx.mark_non_differentiable(output[1])
+
+
+def _relation_kl_backward(ctx, grad, _grad_stats):
+    teacher, student, mask, stats = ctx.saved_tensors
+    need_t, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_t or need_s):
+        return None, None, None, None
+    g_t, g_s = _relation_kl_cpp_backward(teacher, student, ctx.splits, mask, stats, grad, need_t)
+    return (g_t if need_t else None), g_s, None, None
+
+
+_relation_kl_cpp.register_autograd(_relation_kl_backward, setup_context=_relation_kl_setup)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+from typing import Tuple
 
 from mlkd_fast.ops import _validate, backends, reference
 
@@ -55,24 +55,47 @@ def _cpp_sample_contrastive(teacher, student, labels, temperature, base_temperat
     anchors = torch.cat([F.normalize(student.to(acc), dim=1), F.normalize(teacher.to(acc), dim=1)], dim=0)
     ids = torch.arange(B) if labels is None else labels.cpu()
     ids = torch.cat([ids, ids]).to(torch.int64)
-    return _SampleContrastiveCpp.apply(anchors, ids, 1.0 / temperature, temperature / base_temperature)
+    return _sample_contrastive_cpp(anchors, ids, 1.0 / temperature, temperature / base_temperature)[0]
 
 
-class _SampleContrastiveCpp(torch.autograd.Function):
-    """loss = scale * mean_i (lse_i - mean positive logit of anchor i) over anchors (N, D)."""
+# backend="cpp" as PyTorch custom ops: loss = scale * mean_i (lse_i - mean positive logit of anchor i) over the
+# anchors (N, D), fused in csrc/contrastive_tiles.h; the backward recomputes the logits from the saved row stats.
+@torch.library.custom_op("mlkd_fast::sample_contrastive_cpp", mutates_args=())
+def _sample_contrastive_cpp(anchors: torch.Tensor, ids: torch.Tensor, inv_tau: float,
+                            scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    loss_row, lse, inv_pos = backends.cpp_module().sample_contrastive_forward(anchors, ids, inv_tau)
+    return loss_row.sum() * (scale / anchors.shape[0]), lse, inv_pos
 
-    @staticmethod
-    def forward(ctx, anchors, ids, inv_tau, scale):
-        x = anchors.detach()
-        loss_row, lse, inv_pos = backends.cpp_module().sample_contrastive_forward(x, ids, inv_tau)
-        ctx.save_for_backward(x, ids, lse, inv_pos)
-        ctx.inv_tau, ctx.scale = inv_tau, scale
-        return loss_row.sum() * (scale / x.shape[0])
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, ids, lse, inv_pos = ctx.saved_tensors
-        grad_scale = float(grad) * ctx.scale / x.shape[0]
-        gx = backends.cpp_module().sample_contrastive_backward(x, ids, lse, inv_pos, grad_scale, ctx.inv_tau)
-        return gx, None, None, None
+@_sample_contrastive_cpp.register_fake
+def _(anchors, ids, inv_tau, scale):
+    N = anchors.shape[0]
+    return anchors.new_empty(()), anchors.new_empty((N,)), anchors.new_empty((N,))
+
+
+@torch.library.custom_op("mlkd_fast::sample_contrastive_cpp_backward", mutates_args=())
+def _sample_contrastive_cpp_backward(anchors: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor,
+                                     inv_pos: torch.Tensor, grad: torch.Tensor, inv_tau: float,
+                                     scale: float) -> torch.Tensor:
+    grad_scale = float(grad) * scale / anchors.shape[0]
+    return backends.cpp_module().sample_contrastive_backward(anchors, ids, lse, inv_pos, grad_scale, inv_tau)
+
+
+@_sample_contrastive_cpp_backward.register_fake
+def _(anchors, ids, lse, inv_pos, grad, inv_tau, scale):
+    return torch.empty_like(anchors)
+
+
+def _contrastive_setup(ctx, inputs, output):
+    anchors, ids, inv_tau, scale = inputs
+    ctx.save_for_backward(anchors, ids, output[1], output[2])
+    ctx.inv_tau, ctx.scale = inv_tau, scale
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _contrastive_backward(ctx, grad, _grad_lse, _grad_pos):
+    anchors, ids, lse, inv_pos = ctx.saved_tensors
+    return _sample_contrastive_cpp_backward(anchors, ids, lse, inv_pos, grad, ctx.inv_tau, ctx.scale), None, None, None
+
+
+_sample_contrastive_cpp.register_autograd(_contrastive_backward, setup_context=_contrastive_setup)
