@@ -242,7 +242,9 @@ def replace_block(readme: str, table: str, start: str = START, end: str = END) -
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default=resultfile.RESULTS_DIR)
-    p.add_argument("--readme", help="replace the table between the quality-table markers of this file")
+    p.add_argument("--readme", action="append", default=[],
+                   help="replace the blocks between the quality-table and quality-verdict markers of this file "
+                        "(each block it has; repeatable)")
     args = p.parse_args(argv)
     paths = sorted(glob.glob(os.path.join(args.dir, "quality_*.csv")))
     if not paths:
@@ -261,10 +263,15 @@ def main(argv=None) -> int:
         print(verdict + "\n" + table)
         tables.append(table)
         verdicts.append(verdict)
-    if args.readme:
-        replace_block(args.readme, "\n".join(tables))
-        if any(verdicts):
-            replace_block(args.readme, "\n".join(v for v in verdicts if v), VERDICT_START, VERDICT_END)
+    for readme in args.readme:
+        with open(readme) as f:
+            text = f.read()
+        blocks = [(START, END, "\n".join(tables)), (VERDICT_START, VERDICT_END, "\n".join(v for v in verdicts if v))]
+        present = [(a, b, body) for a, b, body in blocks if a in text and b in text]
+        if not present:
+            raise SystemExit(f"{readme} has neither a {START} nor a {VERDICT_START} block to replace")
+        for a, b, body in present:
+            replace_block(readme, body, a, b)
     return 0
 
 
