@@ -194,13 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, help="torch CPU threads for the timing (default: torch's)")
     ev.add_argument("--json", help="also write the results to this JSON file")
     ev.add_argument("--allow-other-task", action="store_true", help="evaluate a model whose config records another task")
+    qa = ev.add_argument_group("question answering (squad, squad_v2)")
+    qa.add_argument("--n-best", type=int, help="best start and end logits paired per window")
+    qa.add_argument("--max-answer-length", type=int, help="longest answer span, in tokens")
+    qa.add_argument("--null-score-diff-threshold", type=float,
+                    help="v2.0: answer \"\" when the null score beats the best span by more than this")
+    qa.add_argument("--predictions-dir", help="write predictions.json, nbest_predictions.json and (v2.0) "
+                    "null_odds.json here, the official evaluation scripts' input (model0/, model1/, ... for several)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     from mlkd_fast.train.general import GENERAL_DEFAULTS
 
     _show_defaults(ft, _config_defaults(FinetuneConfig), FINETUNE_FLAGS)
     _show_defaults(ds, _config_defaults(DistillConfig), DISTILL_FLAGS)
     _show_defaults(gd, _config_defaults(DistillConfig, **GENERAL_DEFAULTS), GENERAL_FLAGS)
-    _show_defaults(ev, EVALUATE_DEFAULTS, {k: k for k in EVALUATE_KEYS})
+    _show_defaults(ev, EVALUATE_DEFAULTS, {k: k for k in EVALUATE_DEFAULTS})
     for sub_parser in (en, ft, ds, gd, ev):  # --debug after the subcommand too
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                 help="show the full traceback of user errors too")
@@ -279,8 +286,8 @@ def _evaluate_defaults() -> Dict[str, Any]:
     from mlkd_fast.train.evaluate import evaluate
 
     params = inspect.signature(evaluate).parameters
-    return dict({k: params[k].default for k in ("batch_size", "max_seq_length", "device")}, latency_batches=10,
-                threads=None)
+    return dict({k: params[k].default for k in ("batch_size", "max_seq_length", "device", "n_best", "max_answer_length",
+                                                "null_score_diff_threshold")}, latency_batches=10, threads=None)
 
 
 EVALUATE_DEFAULTS = _evaluate_defaults()
@@ -352,6 +359,21 @@ def _require_task(args, file) -> str:
     return task
 
 
+SQUAD_MAX_LENGTH = 384  # the reference scripts' window (stride 128, question up to 64 tokens)
+
+
+def _squad_length(args, task: str, section: Dict[str, Any]) -> Dict[str, Any]:
+    """A SQuAD task without a max length from the flags or the file gets the reference scripts' 384 (said)."""
+    from mlkd_fast.data import get_task
+
+    if get_task(task).qa and getattr(args, "max_seq_length", None) is None and "max_seq_length" not in section:
+        print(f"mlkd-fast: {get_task(task).name}: max_seq_length {SQUAD_MAX_LENGTH} (windows of {SQUAD_MAX_LENGTH} "
+              f"tokens, stride {SQUAD_MAX_LENGTH // 3}), the reference scripts' default; --max-seq-length to change it",
+              file=sys.stderr)
+        return dict(section, max_seq_length=SQUAD_MAX_LENGTH)
+    return section
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -363,7 +385,7 @@ def cmd_finetune(args) -> int:
     file = _file_settings(args)
     task = _require_task(args, file)
     spec = get_task(task)
-    cfg = _train_config(FinetuneConfig, args, _section(file, "finetune"), FINETUNE_FLAGS)
+    cfg = _train_config(FinetuneConfig, args, _squad_length(args, task, _section(file, "finetune")), FINETUNE_FLAGS)
     check_output_dir(args.output_dir)
     train, dev = _load_data(args, file, task, need_train=True)
     model_dir = args.model or pretrained_teacher_dir()
@@ -408,7 +430,7 @@ def cmd_distill(args) -> int:
 
     file = _file_settings(args)
     task = _require_task(args, file)
-    section = _section(file, "distill")
+    section = _squad_length(args, task, _section(file, "distill"))
     if args.layer_map is not None:
         section["layer_map"] = args.layer_map
     cfg = _train_config(DistillConfig, args, section, DISTILL_FLAGS)
@@ -468,7 +490,7 @@ def cmd_evaluate(args) -> int:
 
     file = _file_settings(args)
     task = _require_task(args, file)
-    section = _section(file, "evaluate", EVALUATE_KEYS)
+    section = _squad_length(args, task, _section(file, "evaluate", EVALUATE_KEYS))
     opts = {k: getattr(args, k, None) if getattr(args, k, None) is not None else section.get(k) for k in EVALUATE_KEYS}
     opts = {k: EVALUATE_DEFAULTS.get(k) if v is None else v for k, v in opts.items()}
     for m in args.model:
@@ -484,7 +506,9 @@ def cmd_evaluate(args) -> int:
         torch.set_num_threads(opts["threads"])
     results = evaluate(list(args.model), dev, task=task, batch_size=opts["batch_size"], max_seq_length=opts["max_seq_length"],
                        device=opts["device"], latency_batches=opts["latency_batches"],
-                       allow_other_task=args.allow_other_task)
+                       allow_other_task=args.allow_other_task, predictions_dir=args.predictions_dir,
+                       **{k: getattr(args, k) if getattr(args, k) is not None else EVALUATE_DEFAULTS[k]
+                          for k in ("n_best", "max_answer_length", "null_score_diff_threshold")})
     rows = [dict(model=m, **r) for m, r in zip(args.model, results)]
     _print_table(rows)
     if args.json:

@@ -19,7 +19,8 @@ import json
 import os
 import re
 import string
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -185,16 +186,44 @@ def prepare_qa(train_data, eval_data, *, tokenizer, max_length: int):
 # ----------------------------------------------------------------------------- best spans
 
 
-def best_answers(examples, windows, start_logits: np.ndarray, end_logits: np.ndarray, *, version_2: bool,
-                 n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0) -> Dict[str, str]:
-    """Example id -> predicted answer text ("" = no answer, v2.0 only), over all windows of each example."""
+@dataclass
+class QAPredictions:
+    """What the span search gives per question id: the predicted text ("" = no answer, v2.0), the n best
+    candidates (text, start_logit, end_logit, probability: softmax over the n best scores, as the reference
+    scripts write them) and, for v2.0, the null odds (null score minus the best span's score)."""
+
+    text: Dict[str, str]
+    nbest: Dict[str, List[Dict]]
+    null_odds: Dict[str, float]
+
+    def write(self, folder: str, version_2: bool) -> List[str]:
+        """predictions.json, nbest_predictions.json and (v2.0) null_odds.json, the reference scripts' files;
+        returns their paths."""
+        files = {"predictions.json": self.text, "nbest_predictions.json": self.nbest}
+        if version_2:
+            files["null_odds.json"] = self.null_odds
+        os.makedirs(folder, exist_ok=True)
+        for name, obj in files.items():  # each written beside and renamed into place: never half a file
+            tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2, ensure_ascii=False)
+            os.replace(tmp, os.path.join(folder, name))
+        return [os.path.join(folder, name) for name in files]
+
+
+def span_predictions(examples, windows, start_logits: np.ndarray, end_logits: np.ndarray, *, version_2: bool,
+                     n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0) -> QAPredictions:
+    """The best spans of every question over all its windows: for each window, the n_best start and end
+    logits paired (end >= start, at most max_answer_length tokens, inside the context); v2.0 answers ""
+    when the null score ([CLS] start + end, the lowest over the windows) beats the best span by more than
+    null_threshold."""
     by_example = collections.defaultdict(list)
     for w, ex_id in enumerate(windows["example_id"]):
         by_example[ex_id].append(w)
     offsets_all = windows["offset_mapping"]
-    predictions = {}
+    text, nbest, null_odds = {}, {}, {}
     for ex in examples:
-        best_text, best_score, null_score = "", -np.inf, np.inf
+        candidates, null_score = [], np.inf
         for w in by_example.get(ex["id"], []):
             s, e, offsets = start_logits[w], end_logits[w], offsets_all[w]
             null_score = min(null_score, float(s[0] + e[0]))
@@ -206,13 +235,29 @@ def best_answers(examples, windows, start_logits: np.ndarray, end_logits: np.nda
                         continue
                     if j < i or j - i + 1 > max_answer_length:
                         continue
-                    score = float(s[i] + e[j])
-                    if score > best_score:
-                        best_score, best_text = score, ex["context"][offsets[i][0]:offsets[j][1]]
+                    candidates.append((float(s[i] + e[j]), float(s[i]), float(e[j]),
+                                       ex["context"][offsets[i][0]:offsets[j][1]]))
+        # the first of equal scores wins, as in the search order (stable sort)
+        candidates = sorted(candidates, key=lambda c: -c[0])[:n_best]
+        best_score = candidates[0][0] if candidates else -np.inf
+        best_text = candidates[0][3] if candidates else ""
         if version_2 and (best_score == -np.inf or null_score - best_score > null_threshold):
             best_text = ""
-        predictions[ex["id"]] = best_text
-    return predictions
+        text[ex["id"]] = best_text
+        scores = np.array([c[0] for c in candidates]) if candidates else np.zeros(0)
+        probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if candidates else scores
+        nbest[ex["id"]] = [{"text": c[3], "probability": float(p), "start_logit": c[1], "end_logit": c[2]}
+                           for c, p in zip(candidates, probs)] or [{"text": "", "probability": 1.0,
+                                                                    "start_logit": 0.0, "end_logit": 0.0}]
+        null_odds[ex["id"]] = float(null_score - best_score) if candidates else float("inf")
+    return QAPredictions(text, nbest, null_odds)
+
+
+def best_answers(examples, windows, start_logits: np.ndarray, end_logits: np.ndarray, *, version_2: bool,
+                 n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0) -> Dict[str, str]:
+    """Example id -> predicted answer text ("" = no answer, v2.0 only): span_predictions(...).text."""
+    return span_predictions(examples, windows, start_logits, end_logits, version_2=version_2, n_best=n_best,
+                            max_answer_length=max_answer_length, null_threshold=null_threshold).text
 
 
 # ----------------------------------------------------------------------------- official metric
@@ -247,13 +292,15 @@ def _f1_v2(prediction: str, gold: str) -> float:
     return _overlap_f1(p, g)
 
 
-def squad_metrics(predictions: Dict[str, str], examples, version_2: bool = False) -> Dict[str, float]:
+def squad_metrics(predictions: Dict[str, str], examples, version_2: bool = False,
+                  null_odds: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """The official SQuAD scores, as fractions (x 100 for the official scripts' percent).
 
     v1.1 (evaluate-v1.1.py): `exact_match`, `f1`: the best over the gold answers as given, an empty normalised
     prediction or gold scoring F1 0. v2.0 (evaluate-v2.0.py): gold answers that normalise to "" are dropped and a
     question without any is answered correctly only by ""; keys `exact`, `f1`, `total`, and `HasAns_*` /
-    `NoAns_*` split by whether the question has answers at all (not by what they normalise to)."""
+    `NoAns_*` split by whether the question has answers at all (not by what they normalise to); with the null
+    odds, also `best_exact`/`best_f1` and their thresholds (the script's find_best_thresh)."""
     em, f1, has = [], [], []
     for ex in examples:
         pred = predictions.get(ex["id"])
@@ -279,8 +326,28 @@ def squad_metrics(predictions: Dict[str, str], examples, version_2: bool = False
         if part.any():
             out.update({f"{name}_exact": float(em[part].mean()), f"{name}_f1": float(f1[part].mean()),
                         f"{name}_total": int(part.sum())})
+    if null_odds is not None:
+        ids = [ex["id"] for ex in examples]
+        for key, scores in (("exact", em), ("f1", f1)):
+            best, thresh = _best_threshold(ids, predictions, dict(zip(ids, scores)), null_odds, dict(zip(ids, has)))
+            out.update({f"best_{key}": best, f"best_{key}_thresh": thresh})
     return out
 
 
-__all__ = ["WINDOW", "QADev", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
+def _best_threshold(ids, predictions, scores, null_odds, has_answer):
+    """evaluate-v2.0.py's find_best_thresh: answering "" for every question whose null odds exceed a threshold,
+    the best total score over thresholds (as a fraction) and that threshold."""
+    score = best = float(sum(1 for q in ids if not has_answer[q]))
+    thresh = 0.0
+    for q in sorted(ids, key=lambda q: null_odds[q]):
+        if has_answer[q]:
+            score += scores[q]
+        else:
+            score += -1.0 if predictions[q] else 0.0
+        if score > best:
+            best, thresh = score, float(null_odds[q])
+    return best / len(ids), thresh
+
+
+__all__ = ["WINDOW", "QADev", "QAPredictions", "span_predictions", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
            "squad_metrics"]

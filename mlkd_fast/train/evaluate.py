@@ -13,7 +13,7 @@ import torch.nn as nn
 from mlkd_fast.data.batching import Collator, batches
 from mlkd_fast.data.metrics import compute_metrics
 from mlkd_fast.data.prepare import prepare_dataset
-from mlkd_fast.data.squad import QADev, best_answers, prepare_qa, squad_metrics
+from mlkd_fast.data.squad import QADev, prepare_qa, span_predictions, squad_metrics
 from mlkd_fast.data.tasks import get_task
 from mlkd_fast.train.config import check_int
 from mlkd_fast.train.models import (
@@ -52,13 +52,19 @@ def _outputs(model: nn.Module, ds, batch_size: int, device: torch.device, collat
         model.train(was_training)
 
 
-def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.device, pad_token_id: int = 0) -> Dict[str, float]:
-    """The task's metrics on a dev set: a tokenised dataset, or a squad.QADev (exact match and F1)."""
+def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.device, pad_token_id: int = 0,
+                   spans: Optional[Dict] = None, predictions_dir: Optional[str] = None) -> Dict[str, float]:
+    """The task's metrics on a dev set: a tokenised dataset, or a squad.QADev (the official scores). For question
+    answering, `spans` holds span_predictions' options (n_best, max_answer_length, null_threshold) and
+    `predictions_dir`, when given, receives the reference scripts' prediction files."""
     if isinstance(ds, QADev):
         start, end = predict_spans(model, ds.windows, batch_size, device, pad_token_id)
         version_2 = bool(task is not None and task.version_2)
-        return squad_metrics(best_answers(ds.examples, ds.windows, start, end, version_2=version_2), ds.examples,
-                             version_2=version_2)
+        found = span_predictions(ds.examples, ds.windows, start, end, version_2=version_2, **(spans or {}))
+        if predictions_dir is not None:
+            found.write(predictions_dir, version_2)
+        return squad_metrics(found.text, ds.examples, version_2=version_2,
+                             null_odds=found.null_odds if version_2 else None)
     logits, labels = predict(model, ds, batch_size, device, pad_token_id)
     return compute_metrics(task, logits, labels)
 
@@ -133,13 +139,22 @@ def evaluate(
     device: str = "auto",
     latency_batches: int = 0,
     allow_other_task: bool = False,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    null_score_diff_threshold: float = 0.0,
+    predictions_dir: Optional[str] = None,
 ):
     """Dev metrics and sizes of a model (or a from_pretrained directory), or of a list of them
     (then a list of dicts); inference latency too when latency_batches > 0 (interleaved across models).
-    A model whose config records another task than `task` is refused unless allow_other_task=True."""
+    A model whose config records another task than `task` is refused unless allow_other_task=True.
+    Question answering: n_best, max_answer_length and null_score_diff_threshold (v2.0) steer the span search;
+    predictions_dir receives predictions.json, nbest_predictions.json and (v2.0) null_odds.json, the reference
+    scripts' files (one sub-folder per model when several are evaluated)."""
     check_int("batch_size", batch_size, 1)
     check_int("max_seq_length", max_seq_length, 2)
     check_int("latency_batches", latency_batches, 0)
+    check_int("n_best", n_best, 1)
+    check_int("max_answer_length", max_answer_length, 1)
     single = not isinstance(models, (list, tuple))
     models = [models] if single else list(models)
     spec = get_task(task) if task is not None else None
@@ -161,7 +176,10 @@ def evaluate(
             ds = prepare_dataset(eval_data, name="eval_data", tokenizer=tok, max_seq_length=max_seq_length,
                                  num_labels=num_labels)
         pid = pad_id(model, tok)
-        result = dict(evaluate_model(model, ds, spec, batch_size, dev, pid))
+        spans = dict(n_best=n_best, max_answer_length=max_answer_length, null_threshold=null_score_diff_threshold)
+        where = None if predictions_dir is None else (
+            predictions_dir if len(models) == 1 else os.path.join(predictions_dir, f"model{len(results)}"))
+        result = dict(evaluate_model(model, ds, spec, batch_size, dev, pid, spans=spans, predictions_dir=where))
         result["parameters"] = count_parameters(model)
         result["parameters_without_embeddings"] = count_parameters(model, exclude_embeddings=True)
         loaded.append(model), sets.append(ds), pads.append(pid), results.append(result)

@@ -108,3 +108,62 @@ def test_cli_distill_squad_reports_em_and_f1(tmp_path, capsys):
     assert main(["distill", "--task", "squad", "--data-dir", str(tmp_path), "--teacher", str(tmp_path / "t" / "model"),
                  "--output-dir", str(tmp_path / "x"), "--student-layers", "2"]) == 2
     assert "SQuAD JSON" in capsys.readouterr().err
+
+
+def test_evaluate_writes_the_reference_files_and_squad_length_defaults(tmp_path, capsys):
+    import json
+
+    from transformers import AutoModelForQuestionAnswering, BertModel
+
+    pretrained = tmp_path / "pretrained"
+    torch.manual_seed(0)
+    config = tiny_config(layers=2, hidden=32, heads=4)
+    config.max_position_embeddings = 512  # room for SQuAD's 384-token windows
+    BertModel(config).save_pretrained(pretrained)
+    tiny_tokenizer(str(pretrained)).save_pretrained(pretrained)
+    AutoModelForQuestionAnswering.from_pretrained(pretrained).save_pretrained(tmp_path / "qa")
+    tiny_tokenizer(str(tmp_path / "qa")).save_pretrained(tmp_path / "qa")
+    for version_2 in (False, True):
+        task = "squad_v2" if version_2 else "squad"
+        dev = write_squad(tmp_path / f"dev{version_2}.json", n=6, v2=version_2, seed=1)
+        out = tmp_path / f"pred{version_2}"
+        assert main(["evaluate", "--task", task, "--dev-file", dev, "--model", str(tmp_path / "qa"),
+                     "--latency-batches", "0", "--n-best", "3", "--max-answer-length", "5",
+                     "--predictions-dir", str(out), "--json", str(tmp_path / f"m{version_2}.json")]) == 0
+        said = capsys.readouterr()
+        assert "max_seq_length 384" in said.err  # SQuAD's reference window when none is given
+        preds = json.load(open(out / "predictions.json"))
+        nbest = json.load(open(out / "nbest_predictions.json"))
+        ids = [q["id"] for a in json.load(open(dev))["data"] for p in a["paragraphs"] for q in p["qas"]]
+        assert sorted(preds) == sorted(ids) == sorted(nbest)
+        assert all(len(nbest[q]) <= 3 and abs(sum(c["probability"] for c in nbest[q]) - 1) < 1e-6 for q in ids)
+        assert (out / "null_odds.json").exists() == version_2
+        metrics = json.load(open(tmp_path / f"m{version_2}.json"))["results"][0]
+        if version_2:
+            assert {"exact", "f1", "best_exact", "best_f1", "best_f1_thresh"} <= set(metrics)
+        else:
+            assert {"exact_match", "f1"} <= set(metrics)
+
+
+def test_best_threshold_search_is_the_official_one():
+    from mlkd_fast.data.squad import squad_metrics
+
+    examples = [{"id": q, "answers": {"text": a, "answer_start": [0] * len(a)}}
+                for q, a in (("a", ["cat"]), ("b", []), ("c", ["dog"]), ("d", []))]
+    preds = {"a": "cat", "b": "x", "c": "", "d": ""}
+    odds = {"a": -2.0, "b": 1.0, "c": 0.5, "d": 3.0}
+
+    def official(scores):  # evaluate-v2.0.py find_best_thresh, restated
+        has = {"a": True, "b": False, "c": True, "d": False}
+        cur = best = sum(1 for q in has if not has[q])
+        thresh = 0.0
+        for q in sorted(odds, key=lambda k: odds[k]):
+            cur += scores[q] if has[q] else (-1 if preds[q] else 0)
+            if cur > best:
+                best, thresh = cur, odds[q]
+        return best / 4, thresh
+
+    m = squad_metrics(preds, examples, version_2=True, null_odds=odds)
+    exact = {"a": 1.0, "b": 0.0, "c": 0.0, "d": 1.0}
+    assert (m["best_exact"], m["best_exact_thresh"]) == pytest.approx(official(exact))
+    assert m["exact"] == pytest.approx(0.5) and m["best_exact"] == pytest.approx(0.75)
