@@ -131,6 +131,28 @@ def _student_shape(args, file) -> Dict[str, Any]:
     return spec
 
 
+def _add_evaluate_parser(sub) -> argparse.ArgumentParser:
+    ev = sub.add_parser("evaluate", help="dev metrics, size and inference latency of one or more models")
+    _add_data_args(ev)
+    ev.add_argument("--model", action="append", required=True, help="model directory (repeat to compare)")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--max-seq-length", type=int)
+    ev.add_argument("--latency-batches", type=int, help="batches timed for latency (0 = no timing)")
+    ev.add_argument("--device", help="auto, cpu, cuda")
+    ev.add_argument("--threads", type=int, help="torch CPU threads for the timing (default: torch's)")
+    ev.add_argument("--json", help="also write the results to this JSON file")
+    ev.add_argument("--allow-other-task", action="store_true", help="evaluate a model whose config records another task")
+    qa = ev.add_argument_group("question answering (squad, squad_v2)")
+    qa.add_argument("--n-best", type=int, help="best start and end logits paired per window")
+    qa.add_argument("--max-answer-length", type=int, help="longest answer span, in tokens")
+    qa.add_argument("--null-score-diff-threshold", type=float,
+                    help="v2.0: answer \"\" when the null score beats the best span by more than this")
+    qa.add_argument("--predictions-dir", help="write predictions.json, nbest_predictions.json and (v2.0) "
+                    "null_odds.json here, the official evaluation scripts' input (model0/, model1/, ... for several)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ev
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlkd-fast", description="MLKD-BERT distillation: fine-tune a teacher, distil a student, evaluate.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
@@ -184,24 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_term_settings_arg(gd)
     gd.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
-    ev = sub.add_parser("evaluate", help="dev metrics, size and inference latency of one or more models")
-    _add_data_args(ev)
-    ev.add_argument("--model", action="append", required=True, help="model directory (repeat to compare)")
-    ev.add_argument("--batch-size", type=int)
-    ev.add_argument("--max-seq-length", type=int)
-    ev.add_argument("--latency-batches", type=int, help="batches timed for latency (0 = no timing)")
-    ev.add_argument("--device", help="auto, cpu, cuda")
-    ev.add_argument("--threads", type=int, help="torch CPU threads for the timing (default: torch's)")
-    ev.add_argument("--json", help="also write the results to this JSON file")
-    ev.add_argument("--allow-other-task", action="store_true", help="evaluate a model whose config records another task")
-    qa = ev.add_argument_group("question answering (squad, squad_v2)")
-    qa.add_argument("--n-best", type=int, help="best start and end logits paired per window")
-    qa.add_argument("--max-answer-length", type=int, help="longest answer span, in tokens")
-    qa.add_argument("--null-score-diff-threshold", type=float,
-                    help="v2.0: answer \"\" when the null score beats the best span by more than this")
-    qa.add_argument("--predictions-dir", help="write predictions.json, nbest_predictions.json and (v2.0) "
-                    "null_odds.json here, the official evaluation scripts' input (model0/, model1/, ... for several)")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev = _add_evaluate_parser(sub)
     from mlkd_fast.train.general import GENERAL_DEFAULTS
 
     _show_defaults(ft, _config_defaults(FinetuneConfig), FINETUNE_FLAGS)
