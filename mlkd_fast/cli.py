@@ -33,7 +33,7 @@ from mlkd_fast.version import __version__
 
 STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init", "head_init")
 EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
-TOP_KEYS = ("task", "data_dir", "train_file", "dev_file", "hf_dataset", "stages", "finetune", "distill", "general",
+TOP_KEYS = ("task", "data_dir", "train_file", "dev_file", "hf_dataset", "squad_held_out_articles", "split_seed", "stages", "finetune", "distill", "general",
             "student", "evaluate")
 
 
@@ -52,6 +52,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    "SQuAD-format JSON for squad tasks")
     g.add_argument("--dev-file", help="dev data file for the datasets library")
     g.add_argument("--hf-dataset", help="a datasets hub name such as 'glue' (needs network)")
+    g.add_argument("--squad-held-out-articles", type=int, metavar="K",
+                   help="SQuAD with one file: --train-file's articles split, K of them (drawn with --split-seed) "
+                        "held out as the dev set, the rest trained on")
+    g.add_argument("--split-seed", type=int, help="the draw of --squad-held-out-articles (default 0)")
     p.add_argument("--config", help="YAML or JSON config file")
 
 
@@ -324,6 +328,10 @@ def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
     if len(given) != 1:
         raise InputError("give exactly one data source: --data-dir DIR, --train-file/--dev-file FILES, or --hf-dataset NAME")
     if spec.qa:
+        held_out = _pick(args, file, "squad_held_out_articles")
+        if held_out is not None:
+            return _split_squad(train_file or dev_file, dev_file if train_file else None, held_out,
+                                _pick(args, file, "split_seed", 0), need_train)
         return _load_squad(spec, data_dir, train_file, dev_file, hub, need_train)
     if data_dir:
         train = load_glue_split(task, data_dir, "train") if need_train else None
@@ -338,6 +346,18 @@ def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
     train = load_datasets_split(task, train_file, "train") if need_train else None
     dev = load_datasets_split(task, dev_file, "dev") if dev_file else None
     return train, dev
+
+
+def _split_squad(path, other, held_out: int, seed: int, need_train: bool):
+    """One SQuAD file split by article (data/squad.split_by_article): (train or None, held-out dev)."""
+    from mlkd_fast.data.squad import read_squad_json, split_by_article
+
+    if not path or other:
+        raise InputError("--squad-held-out-articles splits one file: give it as --train-file (or --dev-file) alone")
+    train, dev = split_by_article(read_squad_json(path), held_out, seed)
+    print(f"mlkd-fast: {path}: {len(train)} questions to train on, {len(dev)} on {held_out} held-out articles "
+          f"(split seed {seed})", file=sys.stderr)
+    return (train if need_train else None), dev
 
 
 def _load_squad(spec, data_dir, train_file, dev_file, hub, need_train: bool):

@@ -43,8 +43,8 @@ def read_squad_json(path: str):
             data = json.load(f)["data"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise InputError(f"{path!r} is not a SQuAD-format JSON file (a 'data' list of articles): {e}") from e
-    rows = {"id": [], "question": [], "context": [], "answers": []}
-    for article in data:
+    rows = {"id": [], "question": [], "context": [], "answers": [], "article": []}
+    for number, article in enumerate(data):
         for para in article["paragraphs"]:
             for qa in para["qas"]:
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
@@ -57,9 +57,24 @@ def read_squad_json(path: str):
                 rows["context"].append(para["context"])
                 rows["answers"].append({"text": [a["text"] for a in answers],
                                         "answer_start": [int(a["answer_start"]) for a in answers]})
+                rows["article"].append(number)
     if not rows["id"]:
         raise InputError(f"{path!r} holds no questions")
     return datasets.Dataset.from_dict(rows)
+
+
+def split_by_article(examples, held_out: int, seed: int):
+    """(train, held-out) examples of one SQuAD file split by article: `held_out` articles, drawn with `seed`, on
+    the held-out side, every other article on the training side; no article (so no paragraph) on both."""
+    if "article" not in examples.column_names:
+        raise InputError("splitting by article needs the examples of one SQuAD JSON file (read_squad_json)")
+    articles = sorted(set(examples["article"]))
+    if not 0 < held_out < len(articles):
+        raise InputError(f"held-out articles must be in 1..{len(articles) - 1} (the file has {len(articles)}), "
+                         f"got {held_out}")
+    chosen = set(np.random.default_rng(seed).choice(articles, size=held_out, replace=False).tolist())
+    keep = np.array([a in chosen for a in examples["article"]])
+    return examples.select(np.flatnonzero(~keep)), examples.select(np.flatnonzero(keep))
 
 
 def load_squad_split(source: str, split: str, version_2: bool):
@@ -349,5 +364,5 @@ def _best_threshold(ids, predictions, scores, null_odds, has_answer):
     return best / len(ids), thresh
 
 
-__all__ = ["WINDOW", "QADev", "QAPredictions", "span_predictions", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
+__all__ = ["WINDOW", "QADev", "QAPredictions", "span_predictions", "split_by_article", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
            "squad_metrics"]

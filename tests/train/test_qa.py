@@ -167,3 +167,27 @@ def test_best_threshold_search_is_the_official_one():
     exact = {"a": 1.0, "b": 0.0, "c": 0.0, "d": 1.0}
     assert (m["best_exact"], m["best_exact_thresh"]) == pytest.approx(official(exact))
     assert m["exact"] == pytest.approx(0.5) and m["best_exact"] == pytest.approx(0.75)
+
+
+def test_one_squad_file_split_by_article(tmp_path, capsys):
+    from mlkd_fast.data.squad import read_squad_json, split_by_article
+    from mlkd_fast.errors import InputError
+
+    one = json.loads(open(write_squad(tmp_path / "one.json", n=15)).read())["data"][0]["paragraphs"]
+    articles = [{"title": f"a{k}", "paragraphs": [p]} for k, p in enumerate(one)]  # 5 articles, 3 questions each
+    path = tmp_path / "five.json"
+    path.write_text(json.dumps({"version": "1.1", "data": articles}))
+    examples = read_squad_json(str(path))
+    train, held = split_by_article(examples, 2, seed=7)
+    assert len(held) == 6 and len(train) == 9 and not set(train["article"]) & set(held["article"])
+    again = split_by_article(examples, 2, seed=7)[1]
+    assert again["id"] == held["id"]  # the seed fixes the draw
+    with pytest.raises(InputError, match=r"held-out articles must be in 1\.\.4"):
+        split_by_article(examples, 5, seed=0)
+    # the CLI: one file, K held out
+    from mlkd_fast.cli import _load_data, build_parser
+
+    args = build_parser().parse_args(["evaluate", "--task", "squad", "--dev-file", str(path), "--model", "m",
+                                      "--squad-held-out-articles", "2", "--split-seed", "7"])
+    _, dev = _load_data(args, {}, "squad", need_train=False)
+    assert dev["id"] == held["id"] and "6 on 2 held-out articles" in capsys.readouterr().err
