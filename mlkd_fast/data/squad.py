@@ -156,8 +156,11 @@ def _answer_tokens(answers, offsets, seq) -> tuple:
 
 
 def window_sizes(max_length: int) -> Dict[str, int]:
-    """Stride and question length for windows of max_length tokens: 128 and 64 at the usual 384."""
-    return dict(max_length=max_length, stride=max_length // 3, max_query_length=max_length // 6)
+    """Stride and question length for windows of max_length tokens: a third of the window as stride (128 at the
+    usual 384), and questions cut only beyond BERT's reference 64 tokens, or where a longer question would leave
+    the context less room than the stride (short windows)."""
+    stride = max_length // 3
+    return dict(max_length=max_length, stride=stride, max_query_length=max(1, min(64, max_length - stride - 4)))
 
 
 class QADev:
