@@ -551,14 +551,23 @@ def _check_writable_file(path: str, flag: str) -> None:
 
 def _report(result, what: str, path: str) -> int:
     _print_history(result.history)
-    print(f"{what}: {path}" + (f" (best dev {result.metric} = {result.best_metric:.4f})" if result.metric else ""))
+    print(f"{what}: {path}" + (f" (best dev {result.metric} = {_percent(result.best_metric)})" if result.metric else ""))
     return 0
+
+
+def _percent(value) -> str:
+    """Metrics printed to people are percentages (0.7549 -> 75.49); JSON files keep fractions. Counts (a
+    SQuAD v2.0 `total`) and thresholds print as they are."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    return f"{100 * value:.2f}"
 
 
 def _print_history(history) -> None:
     for h in history:
         terms = " ".join(f"{k}={v:.4f}" for k, v in h.items() if isinstance(v, float))
-        metrics = " ".join(f"{k}={v:.4f}" for k, v in h.get("metrics", {}).items())
+        metrics = " ".join(f"{k}={v:.4f}" if k.endswith("_thresh") else f"{k}={_percent(v)}"
+                           for k, v in h.get("metrics", {}).items())
         stage = f"stage {h['stage']} " if "stage" in h else ""
         print(f"{stage}epoch {h['epoch']}: {terms}" + (f" | dev {metrics}" if metrics else ""))
 
