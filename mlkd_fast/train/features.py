@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-# The optional parts of Features a loss term can ask for (objectives.register_loss(needs=...)); the hidden
+# The optional parts of Features a loss term can ask for (objectives.register_term(needs=...)); the hidden
 # states and logits come with every forward pass.
 PARTS = ("token_embeddings", "mha", "qkv")
 

@@ -142,7 +142,7 @@ class DistillProjections(nn.Module):
     hidden[n]: W_n, Ds -> Dt for H_n, n = 0..N (L_FFN). init="identity" starts them as the identity when
         Ds == Dt, so L_FFN starts as the plain MSE; init="normal" draws N(0, 0.02) weights, zero bias
         (the authors' code), at any widths.
-    contrastive: W, Ds -> Dt for the student's [CLS] in L_SC (unless L_SC reuses W_N: sc_projection="ffn").
+    contrastive: W, Ds -> Dt for the student's [CLS] in L_SC (unless L_SC reuses W_N: the setting sc.projection="ffn").
     """
 
     def __init__(self, student_hidden: int, teacher_hidden: int, student_layers: int, init: str = "identity"):
