@@ -41,11 +41,19 @@ def test_autocast_distillation_is_close_to_fp32(tmp_path, precision):
         assert "scaler" in checkpoint.load_state(str(tmp_path / "fp16"), "distill")
 
 
-def test_gradient_accumulation_of_a_per_sample_objective_equals_the_whole_batch(tmp_path):
-    """Two micro-batches of 4 sum to the gradient of the batch of 8 for a per-sample mean (L_KD); batch relations
-    (L_SS, L_SC) would span one micro-batch instead (README)."""
-    students = []
+def test_gradient_accumulation_of_a_per_sample_objective_equals_the_whole_batch(tmp_path, monkeypatch):
+    """Two micro-batches of 4 average to the gradient of the batch of 8 for a per-sample mean (L_KD): the same
+    gradient norm at every step (AdamW alone would hide a summed, doubled gradient) and the same weights; batch
+    relations (L_SS, L_SC) would span one micro-batch instead (README)."""
+    students, norms = [], {1: [], 2: []}
+    clip = torch.nn.utils.clip_grad_norm_
     for accum in (1, 2):
+        def record(params, max_norm, *a, accum=accum, **kw):
+            norm = clip(params, max_norm, *a, **kw)
+            norms[accum].append(float(norm))
+            return norm
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record)
         teacher = tiny_bert(layers=2, hidden=32, heads=4)
         teacher.config.hidden_dropout_prob = teacher.config.attention_probs_dropout_prob = 0.0  # the student's too
         torch.manual_seed(5)
@@ -55,4 +63,5 @@ def test_gradient_accumulation_of_a_per_sample_objective_equals_the_whole_batch(
         distill(teacher, student, tokenized_dataset(16), config=cfg, output_dir=str(tmp_path / f"a{accum}"),
                 stages=(2,), backend="cpp", progress=False)
         students.append(student.state_dict())
+    assert len(norms[1]) == len(norms[2]) == 4 and norms[1] == pytest.approx(norms[2], rel=1e-5)
     assert max((students[0][k] - students[1][k]).abs().max().item() for k in students[0]) < 1e-6
