@@ -71,6 +71,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32, or bf16 / fp16 autocast")
     p.add_argument("--grad-accum-steps", type=int, help="micro-batches per optimiser step")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all (0: every epoch runs)")
+    p.add_argument("--report-to", choices=("none", "tensorboard"),
+                   help="where scalars go beside metrics.jsonl, as TrainingArguments.report_to")
     p.add_argument("--eval-every", type=int, help="optimiser steps between dev evaluations (0 = once per epoch)")
     p.add_argument("--drop-last", action="store_const", const=True, help="drop each epoch's final partial batch")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
@@ -279,6 +281,7 @@ COMMON_FLAGS = {
     "eval_every": "eval_every",
     "drop_last": "drop_last",
     "max_steps": "max_steps",
+    "report_to": "report_to",
 }
 DISTILL_FLAGS = dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits",
                      relations="relations", objective="objective", recipe="recipe", teacher_cache="teacher_cache",

@@ -115,7 +115,7 @@ LATER_SETTINGS: Dict[str, Any] = {
     "eval_every": 0, "drop_last": False, "objective": "mlkd", "recipe": "mlkd_fast",
     "minilm_layer": None, "terms": {}, "teacher_mode": "eval",
     "mha_feature": "output", "optimizer": "adamw", "projection_init": "identity", "max_steps": 0,
-    "teacher_cache": None, "teacher_cache_dtype": "fp32", "teacher_cache_max_gb": None,
+    "teacher_cache": None, "teacher_cache_dtype": "fp32", "teacher_cache_max_gb": None, "report_to": "none",
 }
 
 

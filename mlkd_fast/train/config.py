@@ -76,6 +76,7 @@ class _Common:
     eval_every: int = 0
     drop_last: bool = False  # drop each epoch's final partial batch (the authors' loader does)
     max_steps: int = 0  # stop after this many optimiser steps in all (0: every epoch of every phase runs)
+    report_to: str = "none"  # where scalars go beside metrics.jsonl (the log of record): "none" or "tensorboard"
 
     def validate(self) -> None:
         check_int("batch_size", self.batch_size, 1)
@@ -95,6 +96,8 @@ class _Common:
             raise InputTypeError(f"drop_last must be true or false, got {self.drop_last!r}")
         if self.batch_size % self.grad_accum_steps:
             raise InputError(f"batch_size={self.batch_size} must be divisible by grad_accum_steps={self.grad_accum_steps}")
+        if self.report_to not in ("none", "tensorboard"):
+            raise InputError(f"report_to must be 'none' or 'tensorboard', got {self.report_to!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise InputError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if not isinstance(self.device, str) or not self.device:

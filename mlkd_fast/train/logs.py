@@ -1,7 +1,10 @@
-"""Run logs: one JSON object per line (the log of record), TensorBoard when installed, tqdm bars."""
+"""Run logs: one JSON object per line (the log of record), TensorBoard when asked for (report_to), and progress:
+tqdm bars on a terminal, a plain line every tenth of an epoch elsewhere (a log file gets no carriage-return
+frames)."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Dict, Optional
 
@@ -17,8 +20,8 @@ class MetricLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(tensorboard_dir)
-            except Exception:  # tensorboard is optional: JSONL is the log of record
-                self.writer = None
+            except Exception as e:  # asked for and missing: say so (JSONL stays the log of record)
+                raise ImportError(f"report_to='tensorboard' needs tensorboard: pip install tensorboard ({e})") from e
 
     def log(self, record: Dict, step: Optional[int] = None) -> None:
         if self.path is None:
@@ -39,10 +42,38 @@ class MetricLogger:
             self.writer.close()
 
 
-def progress_bar(total: int, initial: int, desc: str, enabled: bool):
+class LineProgress:
+    """tqdm's update/set_postfix/close for a non-terminal: one line per tenth of the total, to stderr."""
+
+    def __init__(self, total: int, initial: int, desc: str, stream=None):
+        self.total, self.n, self.desc = total, initial, desc
+        self.every = max(1, total // 10)
+        self.postfix: Dict[str, str] = {}
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = time.perf_counter()
+
+    def set_postfix(self, postfix: Dict[str, str]) -> None:
+        self.postfix = dict(postfix)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n % self.every == 0 or self.n == self.total:
+            extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+            print(f"{self.desc}: {self.n}/{self.total} ({time.perf_counter() - self.started:.0f} s) {extra}".rstrip(),
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool, stream=None):
+    """A tqdm bar on a terminal; LineProgress lines when stderr is a file or pipe; nothing when disabled."""
     from tqdm.auto import tqdm
 
+    stream = stream if stream is not None else sys.stderr
+    if enabled and not (hasattr(stream, "isatty") and stream.isatty()):
+        return LineProgress(total, initial, desc, stream)
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-__all__ = ["MetricLogger", "progress_bar"]
+__all__ = ["MetricLogger", "LineProgress", "progress_bar"]

@@ -148,7 +148,8 @@ def run_phases(run: Run, phases: Sequence[Phase], saved: Optional[Dict[str, Any]
         run.model.load_state_dict(saved["modules"]["model"])
         for name, module in run.extra_modules.items():
             module.load_state_dict(saved["modules"][name])
-    logger = MetricLogger(os.path.join(run.output_dir, "metrics.jsonl"), os.path.join(run.output_dir, "tensorboard"),
+    tensorboard = os.path.join(run.output_dir, "tensorboard") if run.config.report_to == "tensorboard" else None
+    logger = MetricLogger(os.path.join(run.output_dir, "metrics.jsonl"), tensorboard,
                           enabled=run.dist.is_main)
     with StopSignals() as stop:
         try:
