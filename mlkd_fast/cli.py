@@ -28,6 +28,7 @@ from mlkd_fast.train.config import (
     renamed_to_terms,
 )
 from mlkd_fast.train.distributed import leave_process_group
+from mlkd_fast.train.models import _looks_like_hub_id
 from mlkd_fast.train.rundir import check_output_dir
 from mlkd_fast.version import __version__
 
@@ -467,8 +468,6 @@ def cmd_distill(args) -> int:
         raise InputError(f"stages must be a list of stage numbers like [1, 2], got {stages!r}")
     spec = get_task(task)
     num_labels = spec.num_labels
-    if not os.path.isdir(args.teacher):
-        raise InputError(f"--teacher directory {args.teacher!r} does not exist")
     check_output_dir(args.output_dir)
     train, dev = _load_data(args, file, task, need_train=True)
     teacher, tokenizer = load_for_task(args.teacher, num_labels, require_head=True, role="--teacher", qa=spec.qa)
@@ -496,10 +495,14 @@ def cmd_general_distill(args) -> int:
     flags = GENERAL_FLAGS
     cfg = _train_config(DistillConfig, args, section, flags)
     teacher_dir = args.teacher or pretrained_teacher_dir()
-    if not os.path.isdir(teacher_dir):
+    if not os.path.isdir(teacher_dir) and not _looks_like_hub_id(teacher_dir):
         raise InputError(f"--teacher directory {teacher_dir!r} does not exist")
     check_output_dir(args.output_dir)
-    teacher, tokenizer = AutoModel.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(teacher_dir)
+    try:
+        teacher, tokenizer = AutoModel.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(teacher_dir)
+    except (OSError, ValueError) as e:  # a hub id offline or unknown, a broken folder
+        raise InputError(f"--teacher {teacher_dir!r} could not be loaded (a local folder, or a hub id with the hub "
+                         f"reachable): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}") from e
     spec = _student_shape(args, file)
     if "num_layers" not in spec:
         raise InputError("--student-layers is required")
@@ -523,7 +526,8 @@ def cmd_evaluate(args) -> int:
     opts = {k: EVALUATE_DEFAULTS.get(k) if v is None else v for k, v in opts.items()}
     for m in args.model:
         if not os.path.isdir(m):
-            raise InputError(f"--model directory {m!r} does not exist")
+            if not _looks_like_hub_id(m):
+                raise InputError(f"--model directory {m!r} does not exist")
     if opts["threads"] is not None and (isinstance(opts["threads"], bool) or not isinstance(opts["threads"], int)
                                         or opts["threads"] < 1):
         raise InputError(f"threads must be an int >= 1, got {opts['threads']!r}")

@@ -203,3 +203,13 @@ def test_a_locked_output_folder_is_refused_before_anything_loads(tmp_path, capsy
         assert "is in use by another run (pid" in capsys.readouterr().err
     finally:
         other.kill()
+
+
+def test_a_hub_id_is_tried_and_offline_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    glue = write_mrpc(str(tmp_path / "glue"), n_train=4, n_dev=4)
+    assert main(["distill", "--task", "mrpc", "--data-dir", glue, "--teacher", "some-org/some-bert",
+                 "--output-dir", str(tmp_path / "o"), "--student-layers", "1"]) == 2
+    assert "is neither a local directory nor a model the hub gave (HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "mrpc", "--data-dir", glue, "--model", "./not/here"]) == 2
+    assert "--model directory './not/here' does not exist" in capsys.readouterr().err

@@ -34,12 +34,20 @@ def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: boo
     """
     from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
-    if not isinstance(model_dir, (str, os.PathLike)) or not os.path.isdir(model_dir):
-        raise InputError(f"{role} directory {model_dir!r} does not exist")
+    if not isinstance(model_dir, (str, os.PathLike)):
+        raise InputTypeError(f"{role} must be a model directory or a hub id, got {type(model_dir).__name__}")
     model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir) and not _looks_like_hub_id(model_dir):
+        raise InputError(f"{role} directory {model_dir!r} does not exist")
     try:
         cfg = AutoConfig.from_pretrained(model_dir)
-    except (OSError, ValueError, KeyError) as e:  # no or a broken config.json
+    except (OSError, ValueError, KeyError) as e:  # no or a broken config.json; an unknown or unreachable hub id
+        if not os.path.isdir(model_dir):
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            raise InputError(f"{role} {model_dir!r} is neither a local directory nor a model the hub gave "
+                             + ("(HF_HUB_OFFLINE is set: the hub is not asked)" if offline else
+                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})")
+                             + ": download it, or give its folder") from e
         raise InputError(f"{role} directory {model_dir!r} holds no readable model config: {type(e).__name__}: {e}") from e
     head = "ForQuestionAnswering" if qa else "ForSequenceClassification"
     has_head = any(a.endswith(head) for a in (cfg.architectures or []))
@@ -82,6 +90,12 @@ def check_head(model: nn.Module, name: str, task=None, num_labels: Optional[int]
         raise InputError(f"{name} is a {type(model).__name__}, which has no question-answering head; load it with "
                          "AutoModelForQuestionAnswering (and fine-tune it on the task first if it is the teacher)")
     return 2
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """'bert-base-uncased' or 'org/name': no path separators beyond one, not a path that starts like one."""
+    return (bool(name) and not name.startswith((".", "/", "~")) and name.count("/") <= 1 and os.sep == "/"
+            and all(part and all(c.isalnum() or c in "-_." for c in part) for part in name.split("/")))
 
 
 def record_task(model: nn.Module, task) -> None:
