@@ -28,7 +28,7 @@ from mlkd_fast.train.config import (
     renamed_to_terms,
 )
 from mlkd_fast.train.distributed import leave_process_group
-from mlkd_fast.train.models import _looks_like_hub_id
+from mlkd_fast.train.models import _looks_like_hub_id, hub_offline
 from mlkd_fast.train.rundir import check_output_dir
 from mlkd_fast.version import __version__
 
@@ -495,8 +495,9 @@ def cmd_general_distill(args) -> int:
     flags = GENERAL_FLAGS
     cfg = _train_config(DistillConfig, args, section, flags)
     teacher_dir = args.teacher or pretrained_teacher_dir()
-    if not os.path.isdir(teacher_dir) and not _looks_like_hub_id(teacher_dir):
-        raise InputError(f"--teacher directory {teacher_dir!r} does not exist")
+    if not os.path.isdir(teacher_dir) and (not _looks_like_hub_id(teacher_dir) or hub_offline()):
+        raise InputError(f"--teacher directory {teacher_dir!r} does not exist"
+                         + (" (HF_HUB_OFFLINE is set: the hub is not asked)" if hub_offline() else ""))
     check_output_dir(args.output_dir)
     try:
         teacher, tokenizer = AutoModel.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(teacher_dir)

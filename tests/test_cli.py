@@ -94,11 +94,15 @@ def test_flags_override_the_config_file(setup, capsys):
         (["distill", "--task", "mrpc", "--teacher", "TEACHER", "--student-layers", "2", "--splits", "5"], "splits=5 does not divide"),
         (["distill", "--task", "mrpc", "--teacher", "TEACHER", "--student-layers", "2", "--resume"], "holds no checkpoint"),
         (["distill", "--task", "mrpc", "--teacher", "PRETRAINED", "--student-layers", "2"], "has no classification head: fine-tune it first"),
-        (["distill", "--task", "mrpc", "--teacher", "nowhere", "--student-layers", "2"], "--teacher directory 'nowhere' does not exist"),
-        (["evaluate", "--task", "mrpc", "--model", "nowhere"], "--model directory 'nowhere' does not exist"),
+        (["distill", "--task", "mrpc", "--teacher", "nowhere", "--student-layers", "2"],
+         "--teacher 'nowhere' is neither a local directory nor a model the hub gave"),
+        (["distill", "--task", "mrpc", "--teacher", "no/where/x", "--student-layers", "2"],
+         "--teacher directory 'no/where/x' does not exist"),
+        (["evaluate", "--task", "mrpc", "--model", "nowhere"], "model 'nowhere' is neither a local directory"),
     ],
 )
-def test_bad_input_exits_2_with_a_clear_message(setup, capsys, argv, message):
+def test_bad_input_exits_2_with_a_clear_message(setup, capsys, monkeypatch, argv, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id is not looked up (no waiting on a closed network)
     tmp, pretrained, glue, config = setup
     teacher = tmp / "teacher_ok"
     if "TEACHER" in argv:

@@ -39,15 +39,16 @@ def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: boo
     model_dir = os.fspath(model_dir)
     if not os.path.isdir(model_dir) and not _looks_like_hub_id(model_dir):
         raise InputError(f"{role} directory {model_dir!r} does not exist")
+    if not os.path.isdir(model_dir) and hub_offline():
+        raise InputError(f"{role} {model_dir!r} is neither a local directory nor a model the hub gave (HF_HUB_OFFLINE "
+                         "is set: the hub is not asked): download it, or give its folder")
     try:
         cfg = AutoConfig.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError) as e:  # no or a broken config.json; an unknown or unreachable hub id
         if not os.path.isdir(model_dir):
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
             raise InputError(f"{role} {model_dir!r} is neither a local directory nor a model the hub gave "
-                             + ("(HF_HUB_OFFLINE is set: the hub is not asked)" if offline else
-                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})")
-                             + ": download it, or give its folder") from e
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}): download it, or "
+                             "give its folder") from e
         raise InputError(f"{role} directory {model_dir!r} holds no readable model config: {type(e).__name__}: {e}") from e
     head = "ForQuestionAnswering" if qa else "ForSequenceClassification"
     has_head = any(a.endswith(head) for a in (cfg.architectures or []))
@@ -90,6 +91,11 @@ def check_head(model: nn.Module, name: str, task=None, num_labels: Optional[int]
         raise InputError(f"{name} is a {type(model).__name__}, which has no question-answering head; load it with "
                          "AutoModelForQuestionAnswering (and fine-tune it on the task first if it is the teacher)")
     return 2
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (any of 1/true/yes/on)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _looks_like_hub_id(name: str) -> bool:
