@@ -7,13 +7,19 @@ imports triton; an explicit TRITON_INTERPRET in the environment wins. With a
 GPU the kernels compile for it and the CPU/interpreter cases skip. (The
 interpreter needs numpy, a test dependency.)
 
+The tests never need a model hub: HF_HUB_OFFLINE=1 (set before transformers is imported, as it reads it then)
+keeps a lookup from waiting on a network that is not there.
+
 The folder itself goes on sys.path, so test files in subfolders import the
 shared modules (helpers, naive, tiny_bert) by name.
 """
 import os
 import sys
 
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
