@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -312,8 +313,14 @@ def _dev_metrics(run: Run) -> Optional[Dict[str, float]]:
     metrics = None
     if run.dev is not None and run.dist.is_main:
         metrics = evaluate_model(run.model, run.dev, run.task, run.config.eval_batch_size, run.device,
-                                 run.collate.pad_token_id)
+                                 run.collate.pad_token_id, predictions_dir=_last_predictions(run))
     return run.dist.broadcast_object(metrics)  # (evaluation restores the model's training mode itself)
+
+
+def _last_predictions(run: Run) -> Optional[str]:
+    """Question answering: each evaluation writes the reference scripts' prediction files here; the kept model's
+    become <output_dir>/predictions (_keep_if_best)."""
+    return os.path.join(run.output_dir, "predictions.last") if isinstance(run.dev, QADev) else None
 
 
 def _keep_if_best(run: Run, phase: Phase, state: RunState, record: Dict[str, Any]) -> None:
@@ -326,6 +333,11 @@ def _keep_if_best(run: Run, phase: Phase, state: RunState, record: Dict[str, Any
         state.best = {"value": value, **_where(phase, record["epoch"] - 1), "step": record["step"]}
         if run.dist.is_main:
             save_model_atomic(run.model, run.model_dir, run.tokenizer)
+            last = _last_predictions(run)
+            if last is not None and os.path.isdir(last):  # the kept model's predictions.json etc.
+                kept = os.path.join(run.output_dir, "predictions")
+                shutil.rmtree(kept, ignore_errors=True)
+                shutil.copytree(last, kept)
 
 
 def _where(phase: Phase, epoch: int) -> Dict[str, int]:

@@ -59,6 +59,9 @@ def test_finetune_then_distill_squad(tmp_path, version_2):
                   progress=False)
     official = {"exact", "f1", "total", "HasAns_f1"} if version_2 else {"exact_match", "f1"}  # the scripts' keys
     assert ft.metric == "f1" and official <= set(ft.history[-1]["metrics"])
+    kept = tmp_path / "t" / "predictions"  # the kept model's predictions, in the reference scripts' files
+    assert sorted(json.load(open(kept / "predictions.json"))) == sorted(dev["id"])
+    assert (kept / "nbest_predictions.json").exists() and (kept / "null_odds.json").exists() == version_2
     student = build_student(teacher, 2, num_heads=2)
     cfg = DistillConfig(stage1_epochs=1, stage2_epochs=1, batch_size=4, splits=4, max_seq_length=48, device="cpu")
     res = distill(teacher, student, train, eval_data=dev, task=task, tokenizer=tok, config=cfg,
