@@ -20,6 +20,11 @@ fi
 start=$(date +%s)
 stamp() { echo "[main_job] $1 ($(( $(date +%s) - start )) s)"; }
 
+# the package compiles a C++17 extension with OpenMP: say so in one line before pip fails deep in a build log
+if ! command -v "${CXX:-c++}" >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1 && ! command -v clang++ >/dev/null 2>&1; then
+    echo "main_job: no C++ compiler found (c++, g++ or clang++): install one with OpenMP (Debian/Ubuntu: apt install g++)" >&2
+    exit 2
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
