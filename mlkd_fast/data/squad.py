@@ -352,6 +352,11 @@ def squad_metrics(predictions: Dict[str, str], examples, version_2: bool = False
     return out
 
 
+def official_json(metrics: Dict[str, float]) -> Dict[str, float]:
+    """squad_metrics as the official scripts print them: scores in percent, counts and thresholds as they are."""
+    return {k: v if (k.endswith("total") or k.endswith("_thresh")) else 100.0 * v for k, v in metrics.items()}
+
+
 def _best_threshold(ids, predictions, scores, null_odds, has_answer):
     """evaluate-v2.0.py's find_best_thresh: answering "" for every question whose null odds exceed a threshold,
     the best total score over thresholds (as a fraction) and that threshold."""
@@ -367,5 +372,5 @@ def _best_threshold(ids, predictions, scores, null_odds, has_answer):
     return best / len(ids), thresh
 
 
-__all__ = ["WINDOW", "QADev", "QAPredictions", "span_predictions", "split_by_article", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
+__all__ = ["WINDOW", "QADev", "QAPredictions", "span_predictions", "split_by_article", "official_json", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
            "squad_metrics"]

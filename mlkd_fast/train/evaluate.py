@@ -13,9 +13,10 @@ import torch.nn as nn
 from mlkd_fast.data.batching import Collator, batches
 from mlkd_fast.data.metrics import compute_metrics
 from mlkd_fast.data.prepare import prepare_dataset
-from mlkd_fast.data.squad import QADev, prepare_qa, span_predictions, squad_metrics
+from mlkd_fast.data.squad import QADev, official_json, prepare_qa, span_predictions, squad_metrics
 from mlkd_fast.data.tasks import get_task
 from mlkd_fast.train.config import check_int
+from mlkd_fast.train.atomic import save_json
 from mlkd_fast.train.models import (
     check_fits,
     check_head,
@@ -61,10 +62,12 @@ def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.de
         start, end = predict_spans(model, ds.windows, batch_size, device, pad_token_id)
         version_2 = bool(task is not None and task.version_2)
         found = span_predictions(ds.examples, ds.windows, start, end, version_2=version_2, **(spans or {}))
-        if predictions_dir is not None:
+        metrics = squad_metrics(found.text, ds.examples, version_2=version_2,
+                                null_odds=found.null_odds if version_2 else None)
+        if predictions_dir is not None:  # the files the official scripts read, and what they would print
             found.write(predictions_dir, version_2)
-        return squad_metrics(found.text, ds.examples, version_2=version_2,
-                             null_odds=found.null_odds if version_2 else None)
+            save_json(os.path.join(predictions_dir, "eval.json"), official_json(metrics))
+        return metrics
     logits, labels = predict(model, ds, batch_size, device, pad_token_id)
     return compute_metrics(task, logits, labels)
 

@@ -142,10 +142,14 @@ def test_evaluate_writes_the_reference_files_and_squad_length_defaults(tmp_path,
         assert all(len(nbest[q]) <= 3 and abs(sum(c["probability"] for c in nbest[q]) - 1) < 1e-6 for q in ids)
         assert (out / "null_odds.json").exists() == version_2
         metrics = json.load(open(tmp_path / f"m{version_2}.json"))["results"][0]
+        official = json.load(open(out / "eval.json"))  # as the official script prints it: percent
         if version_2:
             assert {"exact", "f1", "best_exact", "best_f1", "best_f1_thresh"} <= set(metrics)
+            assert official["f1"] == pytest.approx(100 * metrics["f1"]) and official["total"] == metrics["total"]
+            assert official["best_f1_thresh"] == pytest.approx(metrics["best_f1_thresh"])
         else:
             assert {"exact_match", "f1"} <= set(metrics)
+            assert official == pytest.approx({"exact_match": 100 * metrics["exact_match"], "f1": 100 * metrics["f1"]})
 
 
 def test_best_threshold_search_is_the_official_one():
