@@ -63,19 +63,33 @@ class MLKDTrainer(transformers.Trainer):
             raise InputTypeError("teacher must be a model other than the student (model=)")
         num_labels = check_classifier(teacher, "teacher", None)
         check_classifier(self.model, "student (model=)", num_labels)
-        stages = cfg.objective_stages
-        plan, term_settings = plan_terms(teacher, self.model, cfg, stages)
-        self.stage1_fraction = _stage1_fraction(cfg, stages, stage1_fraction)
-        setup = DistillSetup.build(teacher, self.model, cfg, plan, term_settings, self.args.device,
-                                   backends.resolve(backend, self.args.device), num_labels == 1)
-        self.teacher, self.projections = teacher, setup.projections
-        self.objectives = {s: StageObjective(s, cfg, setup.context, term_settings) for s in stages}
-        self.distill_config = cfg
+        self.stage1_fraction = _stage1_fraction(cfg, cfg.objective_stages, stage1_fraction)
+        self.teacher, self.distill_config, self._regression = teacher, cfg, num_labels == 1
+        self._backend = backends.resolve(backend, self.args.device)
         self._term_sums: Dict[str, float] = {}
         self._term_count = 0
         # Trainer zeroes the student's gradients after each optimiser step; the projections are not part of
         # the student, so theirs are zeroed here (at the same point, also after a step fp16 skipped)
-        self.add_callback(_ZeroGradients(self.projections))
+        self._zero_projections = _ZeroGradients(None)
+        self.add_callback(self._zero_projections)
+        self._set_up(self.model)
+
+    def _set_up(self, student: nn.Module) -> None:
+        """The objectives and fresh projections for `student` (again for each model model_init gives)."""
+        cfg = self.distill_config
+        plan, term_settings = plan_terms(self.teacher, student, cfg, cfg.objective_stages)
+        setup = DistillSetup.build(self.teacher, student, cfg, plan, term_settings, self.args.device, self._backend,
+                                   self._regression)
+        self.projections = setup.projections
+        self.objectives = {s: StageObjective(s, cfg, setup.context, term_settings) for s in cfg.objective_stages}
+        self._zero_projections.module = self.projections
+
+    def call_model_init(self, trial=None):
+        """model_init (hyper-parameter search): each new student gets new projections as well."""
+        model = super().call_model_init(trial)
+        if getattr(self, "teacher", None) is not None:  # not the first call, from Trainer.__init__
+            self._set_up(model)
+        return model
 
     def current_stage(self) -> int:
         """1 until stage1_fraction of the run's steps are done, then 2 (a one-stage objective: always 2)."""
@@ -111,12 +125,12 @@ class MLKDTrainer(transformers.Trainer):
     def create_optimizer(self, model=None):
         """TrainingArguments' optimiser over the student, plus the projections (the BERT weight-decay rule)."""
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
-        if not getattr(self, "_projections_added", False):
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not any(id(p) in held for p in self.projections.parameters()):  # once per optimiser (per model_init)
             decay = [p for n, p in self.projections.named_parameters() if not n.endswith("bias")]
             no_decay = [p for n, p in self.projections.named_parameters() if n.endswith("bias")]
             optimizer.add_param_group({"params": decay, "weight_decay": self.args.weight_decay})
             optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0})
-            self._projections_added = True
         return optimizer
 
     def training_step(self, model, inputs, *args, **kwargs):
@@ -146,8 +160,8 @@ class MLKDTrainer(transformers.Trainer):
 
 
 class _ZeroGradients(transformers.TrainerCallback):
-    def __init__(self, module: nn.Module):
-        self.module = module
+    def __init__(self, module: Optional[nn.Module]):
+        self.module = module  # set by MLKDTrainer._set_up
 
     def on_step_end(self, args, state, control, **kwargs):
         self.module.zero_grad(set_to_none=True)

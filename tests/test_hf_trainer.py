@@ -177,3 +177,27 @@ def test_eval_loss_is_the_students_hard_label_loss_in_every_stage(tmp_path):
             logits = trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         expected.append(F.cross_entropy(logits, batch["labels"]).item())
         assert got == pytest.approx(expected[-1], rel=1e-5)
+
+
+def test_model_init_gives_each_run_a_fresh_student_and_fresh_projections(tmp_path):
+    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+
+    teacher = tiny_bert(layers=4, hidden=32, heads=4)
+
+    def model_init():
+        torch.manual_seed(1)
+        return build_student(teacher, 2, num_heads=2)
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(), pad_token="[PAD]")
+    trainer = MLKDTrainer(model_init=model_init, teacher=teacher, args=_args(tmp_path / "run", max_steps=2,
+                                                                               save_strategy="no"),
+                          train_dataset=tokenized_dataset(24), data_collator=DataCollatorWithPadding(tok),
+                          distill_config=DistillConfig(splits=4, stage1_epochs=1, stage2_epochs=1))
+    runs = []
+    for _ in range(2):
+        trainer.train()
+        held = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        assert all(id(p) in held for p in trainer.projections.parameters())  # trained in this run's optimiser
+        runs.append((id(trainer.projections), {k: v.clone() for k, v in trainer.model.state_dict().items()}))
+    assert runs[0][0] != runs[1][0]  # new projections for the new student
+    assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())  # same seed, same run
