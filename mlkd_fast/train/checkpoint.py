@@ -119,17 +119,20 @@ LATER_SETTINGS: Dict[str, Any] = {
 }
 
 
-# Settings that earlier checkpoints hold and the current ones no longer do (they moved into DistillConfig.terms),
-# with their old defaults: a checkpoint that ran with the default resumes (the same run as terms={} now).
-RETIRED_SETTINGS: Dict[str, Any] = {
-    "kd_temperature": 1.0, "sc_temperature": 0.07, "sc_base_temperature": 1.0, "sc_projection": "fresh",
-    "sc_regression_positives": "views", "minilm_teacher_layer": None,
-}
+def _retired_settings() -> Dict[str, Any]:
+    """Settings that earlier checkpoints hold and the current ones no longer do (config.RENAMED_FIELDS: they moved
+    into DistillConfig.terms), with their defaults, read from the terms: a checkpoint that ran with the default
+    resumes (the same run as terms={} now)."""
+    from mlkd_fast.train.config import RENAMED_FIELDS
+    from mlkd_fast.train.objectives import TERMS
+
+    return {old: getattr(TERMS[term].settings(), setting) for old, (term, setting) in RENAMED_FIELDS.items()}
 
 
 def check_same_config(saved: Dict[str, Any], current: Dict[str, Any], path: str) -> None:
     """Resuming with other settings (or another teacher, student shape or data) would not continue the run: refuse."""
-    saved = {k: v for k, v in saved.items() if not (k in RETIRED_SETTINGS and RETIRED_SETTINGS[k] == v)}
+    retired = _retired_settings()
+    saved = {k: v for k, v in saved.items() if not (k in retired and retired[k] == v)}
     saved = {**{k: v for k, v in LATER_SETTINGS.items() if k in current}, **saved}
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:

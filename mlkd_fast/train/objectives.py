@@ -420,9 +420,14 @@ class RelationLayerSettings(TermSettings):
             check_int(f"{term}.layer", self.layer, 1)
 
 
+def default_relation_layer(teacher_layers: int) -> int:
+    """MiniLMv2's teacher layer when qkv.layer is None: round(7/8 M), as 21 of 24."""
+    return max(1, round(teacher_layers * 7 / 8))
+
+
 def _relation_layer_fits(teacher, student, opts: RelationLayerSettings, plan: RunPlan) -> RelationLayerSettings:
     _split_fit("the qkv relations")(teacher, student, opts, plan)
-    layer = opts.layer or max(1, round(plan.teacher_layers * 7 / 8))
+    layer = opts.layer or default_relation_layer(plan.teacher_layers)
     if layer > plan.teacher_layers:
         raise InputError(f"qkv.layer={layer} but the teacher has {plan.teacher_layers} layers")
     return replace(opts, layer=layer)
@@ -433,7 +438,7 @@ def _relation_layer_fits(teacher, student, opts: RelationLayerSettings, plan: Ru
 def self_attention_relation_loss(t: Features, s: Features, ctx: LossContext, opts: RelationLayerSettings) -> torch.Tensor:
     """MiniLMv2: the Q-Q, K-K and V-V relation KLs (ctx.splits relation heads, independent of either model's
     head count) of teacher layer `qkv.layer` against the student's last layer, summed."""
-    layer = opts.layer or max(1, round(len(t.qkv) * 7 / 8))
+    layer = opts.layer or default_relation_layer(len(t.qkv))
     t_qkv, s_qkv = t.qkv[layer - 1], s.qkv[-1]
     return sum(relation_kl(tx, sx, ctx.splits, ctx.mask, backend=ctx.backend) for tx, sx in zip(t_qkv, s_qkv))
 
