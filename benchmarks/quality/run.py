@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--variant", help="the row's name (default: the objective); required with --set")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a DistillConfig override, e.g. recipe=authors or stage1_weights.emb=0 (repeatable)")
+    p.add_argument("--epochs", type=int, help="the budget: passes over the train set in all (default: grid.yaml)")
+    p.add_argument("--stage1-epochs", type=int,
+                   help="of --epochs, those spent on stage 1 by two-stage objectives (default: grid.yaml)")
     p.add_argument("--stages", help="stages to run, e.g. 2 (default: every stage of the objective)")
     p.add_argument("--student-layers", type=int, help="student layers (default: grid.yaml)")
     p.add_argument("--student-hidden", type=int, help="student width (default: the teacher's)")
@@ -65,6 +68,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     shaped = any(getattr(args, k) is not None for k in ("student_layers", "student_hidden", "student_intermediate",
                                                            "init", "student_dir", "head_init"))
+    if args.stage1_epochs is not None and args.epochs is None:
+        p.error("--stage1-epochs is a share of --epochs: give both")
+    if args.epochs is not None and not 0 <= (args.stage1_epochs or 0) < args.epochs:
+        p.error(f"--stage1-epochs must be in [0, --epochs), got {args.stage1_epochs} of {args.epochs}")
     if (args.set or shaped) and not args.variant:
         p.error("--set and the student options change the experiment: name the row with --variant")
     return args
@@ -123,7 +130,10 @@ def main(argv=None) -> int:
     with open(GRID) as f:
         grid = yaml.safe_load(f)
     task = get_task(args.task).name
-    task_grid = grid["tasks"][task]
+    task_grid = dict(grid["tasks"][task])
+    if args.epochs is not None:  # a longer (or shorter) budget is part of the row's key
+        first = task_grid["stage1_epochs"] if args.stage1_epochs is None else args.stage1_epochs
+        task_grid.update(epochs=args.epochs, stage1_epochs=first)
     variant = args.variant or args.objective
     path = args.results or os.path.join(resultfile.RESULTS_DIR, f"quality_{hostinfo.machine_kind(args.device)}.csv")
     key = dict(task=task, variant=variant, heads=str(args.heads), seed=str(args.seed), epochs=str(task_grid["epochs"]))
@@ -175,7 +185,7 @@ def main(argv=None) -> int:
                f"{student.config.hidden_size}",
                student_from=os.path.relpath(args.student_dir, hostinfo.REPO_DIR) if args.student_dir else student_init,
                stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
-               teacher_cache="yes" if cfg.teacher_cache else "no", head_init=args.head_init or "concat",
+               teacher_cache="yes" if cfg.teacher_cache else "no", precision=cfg.precision, head_init=args.head_init or "concat",
                steps=sum(h["steps"] for h in result.history), metric=metric,
                **{f"dev_{k}": f"{v:.4f}" for k, v in scored.items() if k in METRICS},
                best_stage=best.get("stage"), best_step=best.get("step"),
