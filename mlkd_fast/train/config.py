@@ -42,43 +42,45 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         "drop_last": True,  # L_SS and L_SC always see a full batch
     },
 }
-CHOICES = {
-    "objective": OBJECTIVES.keys(),  # a live view: an objective added at run time is a choice too
-    "teacher_mode": ("eval", "train"),
-    "mha_feature": ("output", "before_dropout"),
-    "optimizer": ("adamw", "bertadam"),
-    "projection_init": ("identity", "normal"),
-    "relations": ("global", "local"),
-    "teacher_cache_dtype": ("fp32", "fp16"),
-}
+
+
+def setting(default: Any, help: str, *, choices=None):
+    """A config field with the help text (and allowed values) that its CLI flag is generated from
+    (cli.add_config_flags): the field is the one place of the setting's default, meaning and choices."""
+    return field(default=default, metadata={"help": help, **({"choices": choices} if choices is not None else {})})
 
 
 @dataclass
-class _Common:
+class TrainingConfig:
     """Fields shared by fine-tuning and distillation."""
 
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0  # BertAdam clips at 1.0
-    max_seq_length: int = 128
-    seed: int = 42
-    max_train_samples: Optional[int] = None  # a seeded random subset of the training set (quick runs)
-    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = at the end of each epoch only
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + gradient scaling)
-    # micro-batches per optimiser step: each rank's shard of the global batch is cut into this many pieces,
-    # run one after another, their gradients summed (batch relations then span one micro-batch on all ranks)
-    grad_accum_steps: int = 1
-    # optimiser steps between dev evaluations of the model-choosing phase (the last), beside the one at the end
-    # of each epoch; 0 = once per epoch. The authors': 10 (RTE), 20 (CoLA, MRPC, STS-B), 100 (SST-2), 500 (rest)
-    eval_every: int = 0
-    drop_last: bool = False  # drop each epoch's final partial batch (the authors' loader does)
-    max_steps: int = 0  # stop after this many optimiser steps in all (0: every epoch of every phase runs)
-    report_to: str = "none"  # where scalars go beside metrics.jsonl (the log of record): "none" or "tensorboard"
+    batch_size: int = setting(32, "training batch (the global batch under torchrun)")
+    eval_batch_size: int = setting(64, "dev evaluation batch")
+    learning_rate: float = setting(5e-5, "peak learning rate")
+    weight_decay: float = setting(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    max_grad_norm: float = setting(1.0, "gradient clipping (global norm; per tensor under bertadam)")
+    max_seq_length: int = setting(128, "tokens per sequence, longer ones cut")
+    seed: int = setting(42, "data order, new weights, dropout")
+    max_train_samples: Optional[int] = setting(None, "train on a seeded random subset of this many rows")
+    checkpoint_every: int = setting(0, "optimizer steps between resumable checkpoints (0 = per epoch)")
+    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:N")
+    precision: str = setting("fp32", "fp32, or bf16 / fp16 autocast (fp16 with gradient scaling)",
+                             choices=("fp32", "bf16", "fp16"))
+    # each rank's shard of the global batch is cut into this many pieces, run one after another, their gradients
+    # averaged (batch relations then span one micro-batch on all ranks)
+    grad_accum_steps: int = setting(1, "micro-batches per optimiser step")
+    # the authors evaluate every 10 (RTE), 20 (CoLA, MRPC, STS-B), 100 (SST-2), 500 (the rest) steps
+    eval_every: int = setting(0, "optimiser steps between dev evaluations of the last stage (0 = once per epoch)")
+    drop_last: bool = setting(False, "drop each epoch's final partial batch (the authors' loader does)")
+    max_steps: int = setting(0, "stop after this many optimiser steps in all (0: every epoch runs)")
+    report_to: str = setting("none", "where scalars go beside metrics.jsonl, the log of record",
+                             choices=("none", "tensorboard"))
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):  # the choices stated with the fields
+            allowed = f.metadata.get("choices")
+            if allowed is not None and getattr(self, f.name) not in allowed:
+                raise InputError(f"{f.name} must be one of {list(allowed)}, got {getattr(self, f.name)!r}")
         check_int("batch_size", self.batch_size, 1)
         check_int("eval_batch_size", self.eval_batch_size, 1)
         check_float("learning_rate", self.learning_rate)
@@ -96,21 +98,17 @@ class _Common:
             raise InputTypeError(f"drop_last must be true or false, got {self.drop_last!r}")
         if self.batch_size % self.grad_accum_steps:
             raise InputError(f"batch_size={self.batch_size} must be divisible by grad_accum_steps={self.grad_accum_steps}")
-        if self.report_to not in ("none", "tensorboard"):
-            raise InputError(f"report_to must be 'none' or 'tensorboard', got {self.report_to!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise InputError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if not isinstance(self.device, str) or not self.device:
             raise InputTypeError(f"device must be a device string like 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
 
 @dataclass
-class FinetuneConfig(_Common):
+class FinetuneConfig(TrainingConfig):
     """Task fine-tuning of the teacher: cross-entropy (MSE for regression), linear decay with warm-up."""
 
-    epochs: int = 3
-    learning_rate: float = 2e-5
-    warmup_proportion: float = 0.1
+    epochs: int = setting(3, "passes over the training set")
+    learning_rate: float = setting(2e-5, "peak learning rate")
+    warmup_proportion: float = setting(0.1, "share of the steps with a rising learning rate")
 
     def validate(self) -> None:
         super().validate()
@@ -121,44 +119,47 @@ class FinetuneConfig(_Common):
 
 
 @dataclass
-class DistillConfig(_Common):
+class DistillConfig(TrainingConfig):
     """Two-stage MLKD distillation (docs/method.md), or one of the rival objectives (OBJECTIVES)."""
 
-    objective: str = "mlkd"
-    recipe: str = "mlkd_fast"  # the preset the other fields started from (RECIPES); informational once loaded
-    stage1_epochs: int = 20
-    stage2_epochs: int = 15
-    warmup_proportion: float = 0.1  # stage 2 only; stage 1 runs at a constant lr
-    splits: int = 12  # A, the MHA-splits of L_MHA (and the relation heads of minilmv2)
-    layer_map: Optional[Tuple[int, ...]] = None  # None = uniform (teacher layers must be a multiple of student's)
+    objective: str = setting("mlkd", "mlkd or a rival: ft, kd, tinybert, minilmv2", choices=OBJECTIVES.keys())
+    # informational once loaded: a recipe's fields are applied by config_from_dict
+    recipe: str = setting("mlkd_fast", "a preset of the recipe choices below (RECIPES): mlkd_fast or authors",
+                          choices=RECIPES.keys())
+    stage1_epochs: int = setting(20, "epochs of stage 1 (intermediate layers)")
+    stage2_epochs: int = setting(15, "epochs of stage 2 (prediction layer)")
+    warmup_proportion: float = setting(0.1, "stage 2's share of steps with a rising lr (stage 1: constant lr)")
+    splits: int = setting(12, "MHA-splits A of L_MHA (and the relation heads of minilmv2)")
+    # None = uniform (teacher layers must be a multiple of the student's); the CLI's --layer-map is a student flag
+    layer_map: Optional[Tuple[int, ...]] = None
     # weight overrides per stage (term -> weight); terms left out keep the objective's default weight
     stage1_weights: Dict[str, float] = field(default_factory=dict)
     stage2_weights: Dict[str, float] = field(default_factory=dict)
     # the loss terms' own settings over the objective's: term -> {setting: value}, e.g. {"kd": {"temperature":
     # 2.0}}; each term states its settings and defaults (train/objectives.py: kd.temperature, kd.reduction,
-    # sc.temperature, sc.base_temperature, sc.projection, sc.regression_positives, qkv.layer)
+    # sc.temperature, sc.base_temperature, sc.projection, sc.regression_positives, qkv.layer); CLI: --set
     terms: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    # data parallel: the sample relations (L_SS, L_SC) over the global batch ("global", the same as one
-    # process on that batch) or over each rank's shard ("local", what other toolkits do)
-    relations: str = "global"
+    # "global" is the same as one process on the global batch; "local" is what other toolkits do
+    relations: str = setting("global", "data parallel: L_SS/L_SC over the global batch or each rank's shard",
+                             choices=("global", "local"))
     # recipe choices where the authors' code differs (RECIPES["authors"] has their values, with sc's settings)
-    teacher_mode: str = "eval"  # "train" runs the teacher with dropout (no gradients either way)
-    mha_feature: str = "output"  # L_MHA's O_n: the W^O input ("output"), or recomputed without attention dropout
-    optimizer: str = "adamw"  # "adamw": global-norm clipping; "bertadam": per-tensor clipping, no bias correction
-    projection_init: str = "identity"  # equal widths: identity maps; "normal": N(0, 0.02) weights, zero bias
-    # a folder for teacher-output caches (train/teacher_cache.py): the teacher's features are computed once per
-    # (teacher weights, training data, feature set) and read back instead of running the teacher; None = off
-    teacher_cache: Optional[str] = None
-    teacher_cache_dtype: str = "fp32"  # storage: fp32, or fp16 (half the disk; features rounded to fp16)
-    teacher_cache_max_gb: Optional[float] = None  # refuse to build a cache larger than this (None: no limit)
+    teacher_mode: str = setting("eval", "recipe choice: 'train' runs the teacher with dropout (no gradients "
+                                "either way)", choices=("eval", "train"))
+    mha_feature: str = setting("output", "recipe choice: L_MHA's O_n is the W^O input ('output') or recomputed "
+                               "without attention dropout", choices=("output", "before_dropout"))
+    optimizer: str = setting("adamw", "recipe choice: adamw (global-norm clipping) or bertadam (per-tensor "
+                             "clipping, no bias correction)", choices=("adamw", "bertadam"))
+    projection_init: str = setting("identity", "recipe choice: projections of equal widths start as identity "
+                                   "maps, or N(0, 0.02) weights", choices=("identity", "normal"))
+    # train/teacher_cache.py: computed once per (teacher weights, training data, feature set)
+    teacher_cache: Optional[str] = setting(None, "folder for teacher-output caches: the teacher's features are "
+                                           "computed once and read back by later epochs, stages, seeds, objectives")
+    teacher_cache_dtype: str = setting("fp32", "cache storage: fp32, or fp16 (half the disk; features rounded)",
+                                       choices=("fp32", "fp16"))
+    teacher_cache_max_gb: Optional[float] = setting(None, "refuse to build a cache larger than this")
 
     def validate(self) -> None:
         super().validate()
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise InputError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if self.recipe not in RECIPES:
-            raise InputError(f"recipe must be one of {list(RECIPES)}, got {self.recipe!r}")
         check_int("stage1_epochs", self.stage1_epochs, 0)
         check_int("stage2_epochs", self.stage2_epochs, 0)
         check_float("warmup_proportion", self.warmup_proportion, strict=False)
@@ -288,4 +289,4 @@ def config_to_dict(cfg) -> Dict[str, Any]:
     return d
 
 
-__all__ = ["STAGE_TERMS", "OBJECTIVES", "Objective", "RENAMED_FIELDS", "merge_terms", "RECIPES", "CHOICES", "FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]
+__all__ = ["STAGE_TERMS", "OBJECTIVES", "Objective", "RENAMED_FIELDS", "merge_terms", "RECIPES", "setting", "TrainingConfig", "FinetuneConfig", "DistillConfig", "config_from_dict", "load_config_file", "config_to_dict"]

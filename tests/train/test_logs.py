@@ -29,5 +29,5 @@ def test_progress_in_a_file_is_plain_lines():
 
 def test_report_to_is_checked_and_tensorboard_off_by_default():
     assert DistillConfig().report_to == "none"
-    with pytest.raises(InputError, match="report_to must be 'none' or 'tensorboard'"):
+    with pytest.raises(InputError, match=r"report_to must be one of \['none', 'tensorboard'\], got 'wandb'"):
         DistillConfig(report_to="wandb").validate()
