@@ -4,8 +4,14 @@
     python benchmarks/benchmark_recipe.py --quick    # seconds (CI)
 
 The project's way: sdpa attention, the fused ops ("cpp" on CPU, "triton" on CUDA), and the teacher-output
-cache (train/teacher_cache.py), in fp32 ("project") and with bf16 autocast ("project-bf16": `precision:
-bf16`, the cache's reads, the student's forward and the loss under autocast). The authors' way: eager
+cache (train/teacher_cache.py), in fp32 ("project"), with bf16 autocast ("project-bf16": `precision:
+bf16`, the cache's reads, the student's forward and the loss under autocast), and in fp32 with the student's
+feed-forward blocks compiled by inductor ("project-compile": `torch.compile(dynamic=True)` of each layer's
+intermediate and output blocks; the attention keeps the forward hooks that capture Q/K/V and the W^O input,
+which a compiled whole model would re-trace at every step). Every way starts from the same weights and
+sees the same batches, so each way's loss on the first batch, before any step and without dropout (the
+ways draw dropout masks differently), against "project"'s (`first_loss_rel`) says whether the way computes
+the same thing (fp32 rounding: about 1e-6; bf16 and the authors' eager terms: more). The authors' way: eager
 attention, the eager reference loss terms, the teacher run at every step. Both run the library's own stage
 objective (train/stage.py) with AdamW on the same synthetic training set (N examples, random lengths in
 [L/2, L], random weights: timing does not depend on them), one step of each way in turn, each phase timed:
@@ -52,7 +58,7 @@ PAIRS = {
     "tiny": ((2, 96, 4, 192), (1, 48, 4, 96)),
 }
 PHASES = ("data", "teacher", "student", "loss", "backward", "optimizer")
-WAYS = ("authors", "project", "project-bf16")
+WAYS = ("authors", "project", "project-bf16", "project-compile")
 
 
 def bert(shape, attn: str):
@@ -99,7 +105,20 @@ class Way:
                                   collate=self.collate, device=device, log=lambda *_: None)
             self.build_s = time.perf_counter() - start
         self.objectives = {s: StageObjective(s, cfg, context, settings, cache) for s in (1, 2)}
+        if way.endswith("compile"):
+            for layer in self.student.bert.encoder.layer:
+                layer.intermediate.compile(dynamic=True)
+                layer.output.compile(dynamic=True)
         self.opt = torch.optim.AdamW(list(self.student.parameters()) + list(proj.parameters()), lr=5e-5)
+
+    def probe(self, stage: int, rows) -> float:
+        """The stage's loss on `rows` with the student in eval mode (no dropout), no step taken."""
+        batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
+        self.student.eval()
+        with torch.no_grad(), self.amp.autocast():
+            loss = self.objectives[stage](self.teacher, self.student, batch)[0].item()
+        self.student.train()
+        return loss
 
     def step(self, stage: int, rows, clock) -> None:
         batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
@@ -136,8 +155,9 @@ def measure(ways, train, batch_size: int, stage: int, steps: int, device: str):
     return out
 
 
-def recipe_rows(pair, length, batch_size, n, set_size, per_stage, build_s, device):
-    """The CSV rows of one (pair, L): per way and stage the phase medians, then the whole-recipe times."""
+def recipe_rows(pair, length, batch_size, n, set_size, per_stage, build_s, first, device):
+    """The CSV rows of one (pair, L): per way and stage the phase medians and first loss, then the whole-recipe
+    times."""
     rows, step_s = [], {}
     for way in WAYS:
         for stage in (1, 2):
@@ -145,7 +165,9 @@ def recipe_rows(pair, length, batch_size, n, set_size, per_stage, build_s, devic
             step_s[way, stage] = sum(med.values())
             rows.append({"bench": "recipe", "kind": "step", "pair": pair, "L": length, "B": batch_size, "way": way,
                          "stage": stage, **{f"{p}_ms": f"{1e3 * v:.4f}" for p, v in med.items()},
-                         "step_ms": f"{1e3 * step_s[way, stage]:.4f}", "device": device, "status": "ok"})
+                         "step_ms": f"{1e3 * step_s[way, stage]:.4f}", "first_loss": f"{first[way][stage]:.8g}",
+                         "first_loss_rel": f"{abs(first[way][stage] / first['project'][stage] - 1):.2e}",
+                         "device": device, "status": "ok"})
     steps = -(-set_size // batch_size)
     build = build_s * set_size / n
     for way in WAYS[1:]:
@@ -170,13 +192,16 @@ def run(args):
             train = dataset(args.examples, length)
             with tempfile.TemporaryDirectory() as root:
                 ways = {w: Way(w, pair, train, device, root) for w in WAYS}
+                rows = [{"index": k, **train[k]} for k in range(batch_size)]
+                first = {w: {s: way.probe(s, rows) for s in (1, 2)} for w, way in ways.items()}
                 per_stage = {s: measure(ways, train, batch_size, s, args.steps, device) for s in (1, 2)}
                 rows = recipe_rows(pair, length, batch_size, args.examples, args.set_size, per_stage,
-                                   ways["project"].build_s, device)
+                                   ways["project"].build_s, first, device)
             for r in rows:
                 if r["kind"] == "step":
                     print(f"  {pair} L={length} {r['way']:8s} stage {r['stage']}: step {r['step_ms']} ms "
-                          + " ".join(f"{p} {r[p + '_ms']}" for p in PHASES))
+                          + " ".join(f"{p} {r[p + '_ms']}" for p in PHASES) + f" (first loss vs project: "
+                          f"{r['first_loss_rel']})")
                 else:
                     print(f"  {pair} L={length} {r['epochs']} epochs of {r['set_size']} examples: authors "
                           f"{r['authors_s']} s, {r['way']} {r['project_s']} s (cache build {r['cache_build_s']} s): "
