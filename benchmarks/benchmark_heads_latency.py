@@ -29,7 +29,7 @@ import timer  # noqa: E402
 
 HEADS = (12, 6, 4, 3, 2, 1)
 # name -> (layers, hidden, FFN): the paper's 4-layer student and an all-MiniLM-L6-v2-shaped one
-SHAPES = {"4L-312": (4, 312, 1200), "6L-384": (6, 384, 1536)}
+SHAPES = {"4L-312": (4, 312, 1200), "6L-384": (6, 384, 1536), "3L-384": (3, 384, 1536)}  # 3L-384: the quality students
 
 
 def build_model(layers: int, hidden: int, ffn: int, heads: int, attn: str, state=None):

@@ -105,3 +105,40 @@ def test_best_lr_table_picks_each_objectives_lr_and_says_beats_only_beyond_the_s
     # mlkd - ft by seed: 6, 1, 1 -> mean 2.67 < larger std (mlkd 3.06): level; mlkd - kd: 10, 4, 4 -> 6 > 3.06
     assert lines["ft"]["verdict"].startswith("level") and lines["kd"]["verdict"] == "mlkd beats kd"
     assert lines["mlkd"]["mcc"] == "27.67 ± 3.06"
+
+
+def test_heads_starts_and_budget_tables_pair_seeds_at_each_objectives_best_lr():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks", "quality"))
+    import table
+
+    def row(objective, lr, seed, value, heads=12, start="concat", epochs=3, precision="fp32"):
+        suffix = "".join(f"+{s}" for s in (start if start != "concat" else None,
+                                            "bf16" if precision == "bf16" else None) if s)
+        over = f"learning_rate={lr}" + (" precision=bf16" if precision == "bf16" else "")
+        variant = objective if lr == "5e-5" and not suffix else f"{objective}-lr{lr}{suffix}"
+        return _row("mrpc", variant, seed, "accuracy", value, 0.8, objective=objective, heads=str(heads),
+                    head_init=start, precision=precision, epochs=str(epochs), dev_f1="0.8", teacher_f1="0.9",
+                    overrides="" if variant == objective else over,
+                    stage1_epochs="1" if objective == "mlkd" else "0", stage2_epochs=str(epochs - (objective == "mlkd")))
+
+    rows = [row("kd", "5e-5", 42, 0.70), row("kd", "2e-4", 42, 0.72), row("kd", "2e-4", 43, 0.74),
+            row("mlkd", "5e-5", 42, 0.75), row("mlkd", "2e-4", 42, 0.78), row("mlkd", "2e-4", 43, 0.80),
+            row("mlkd", "2e-4", 42, 0.70, heads=4), row("mlkd", "2e-4", 43, 0.71, heads=4),
+            row("mlkd", "2e-4", 42, 0.72, heads=4, start="grouped"), row("mlkd", "2e-4", 43, 0.75, heads=4, start="grouped"),
+            row("kd", "2e-4", 42, 0.69, heads=4, start="grouped"), row("kd", "2e-4", 43, 0.70, heads=4, start="grouped"),
+            row("mlkd", "5e-5", 42, 0.60, heads=4, start="grouped"),  # another lr: in no table below
+            row("mlkd", "2e-4", 42, 0.81, epochs=15, precision="bf16"),
+            row("mlkd", "2e-4", 42, 0.79, precision="bf16")]
+    starts = {line["start"]: line for line in table.starts_table(rows, "mrpc")}
+    assert starts["concat"]["accuracy"] == "70.50 ± 0.71 (n=2)" and starts["grouped"]["accuracy"] == "73.50 ± 2.12 (n=2)"
+    assert starts["grouped"]["12 heads - it (accuracy, paired)"] == "5.50 ± 0.71 (n=2)"  # 78-72, 80-75
+    heads = {line["heads"]: line for line in table.heads_table(rows, "mrpc", {12: 30.0, 4: 20.0})}
+    assert set(heads) == {"12", "4"} and heads["4"]["ms / batch of 32"] == "20.0"
+    assert heads["4"]["mlkd accuracy"] == "73.50 ± 2.12 (n=2)" and heads["4"]["kd accuracy"] == "69.50 ± 0.71 (n=2)"
+    assert heads["4"]["mlkd - kd (accuracy, paired)"] == "4.00 ± 1.41 (n=2)"  # 72-69, 75-70
+    assert heads["12"]["mlkd - kd (accuracy, paired)"] == "6.00 ± 0.00 (n=2)"
+    budget = table.budget_table(rows, "mrpc")
+    assert len(budget) == 1 and budget[0]["objective"] == "mlkd" and budget[0]["heads"] == "12"
+    assert budget[0]["3 epochs, fp32"].startswith("79.00 ± 1.41 (n=2)")
+    assert budget[0]["3 epochs, bf16"] == "79.00 (n=1) [1 + 2]" and budget[0]["15 epochs, bf16"] == "81.00 (n=1) [1 + 14]"
+    assert all(table._lr_of(r) is None for r in rows if r["precision"] == "bf16" or r["heads"] != "12")

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+HERE_ROOT = os.path.dirname(os.path.dirname(HERE))  # the repository: image links are relative to it
 sys.path.insert(0, os.path.dirname(HERE))
 import resultfile  # noqa: E402
 
@@ -30,9 +31,20 @@ TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("spearman", "pearson"), "c
                 "mnli": ("accuracy",)}
 START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 VERDICT_START, VERDICT_END = "<!-- quality-verdict:start -->", "<!-- quality-verdict:end -->"
+HEADS_START, HEADS_END = "<!-- quality-heads:start -->", "<!-- quality-heads:end -->"
 BASE_LR = 5e-5  # grid.yaml's distill learning_rate: the lr of a plain row (variant = the objective)
 # the lr grid, the same for every objective, doubled on past the edge while an objective's best is at it
 LR_GRID = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
+
+
+def _grid_epochs() -> Dict[str, int]:
+    import yaml
+
+    with open(os.path.join(HERE, "grid.yaml")) as f:
+        return {task: spec["epochs"] for task, spec in yaml.safe_load(f)["tasks"].items()}
+
+
+GRID_EPOCHS = _grid_epochs()  # task -> the budget of the lr grid (and of every row without --epochs)
 
 
 def lr_text(lr: float) -> str:
@@ -94,17 +106,43 @@ def summarise(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
     return lines
 
 
-def _lr_of(row: Dict[str, str]):
-    """The learning rate of a row of the lr grid (12 heads, AdamW, no other override), or None for other rows."""
-    if row["heads"] != "12" or row.get("head_init", "concat") not in ("", "concat"):
+SUFFIXES = {"grouped", "scaled", "concat", "bf16"}  # variant suffixes naming a head start or a precision
+
+
+def family(row: Dict[str, str]):
+    """(objective, lr, head_init, precision) of a row of the lr protocol: the plain row (lr 5e-5) or
+    `<objective>-lr<lr>[+<start>][+bf16]` whose only overrides are that lr (and precision=bf16); None for
+    every other row (recipe choices, ablations, off-grid lrs such as 1.5e-4)."""
+    objective, variant, overrides = row["objective"], row["variant"], row.get("overrides", "").split()
+    head_init, precision = row.get("head_init") or "concat", row.get("precision") or "fp32"
+    if variant == objective and not overrides:
+        return (objective, BASE_LR, head_init, precision) if head_init == "concat" and precision == "fp32" else None
+    m = re.fullmatch(re.escape(objective) + r"-lr([0-9.]+e-[0-9]+)((?:\+[a-z0-9]+)*)", variant)
+    if not m:
         return None
-    overrides = row.get("overrides", "")
-    if row["variant"] == row["objective"] and not overrides:
-        return BASE_LR
-    if row["variant"].startswith(row["objective"] + "-lr") and re.fullmatch(r"learning_rate=[0-9.e+-]+", overrides):
-        lr = float(overrides.split("=", 1)[1])
-        return lr if any(abs(lr - g) < 1e-12 for g in LR_GRID) else None  # off-grid rows (1.5e-4) stay out
-    return None
+    lr, suffixes = float(m.group(1)), set(filter(None, m.group(2).split("+")))
+    if not suffixes <= SUFFIXES or not any(abs(lr - g) < 1e-12 for g in LR_GRID):
+        return None
+    others = {o for o in overrides if not o.startswith("learning_rate=")}
+    lrs = [float(o.split("=", 1)[1]) for o in overrides if o.startswith("learning_rate=")]
+    if len(lrs) != 1 or abs(lrs[0] - lr) > 1e-12 or others - {"precision=bf16"}:
+        return None
+    if ("bf16" in suffixes) != (precision == "bf16") or suffixes - {"bf16"} - ({head_init} - {"concat"}):
+        return None
+    return objective, lr, head_init, precision
+
+
+def _short_budget(row: Dict[str, str]) -> bool:
+    """Whether the row ran the task's grid budget (grid.yaml; the lr grid's budget)."""
+    return row["epochs"] == str(GRID_EPOCHS.get(row["task"], row["epochs"]))
+
+
+def _lr_of(row: Dict[str, str]):
+    """The learning rate of a row of the lr grid (12 heads, AdamW, fp32, the grid's budget), or None."""
+    fam = family(row)
+    if fam is None or row["heads"] != "12" or fam[2] != "concat" or fam[3] != "fp32" or not _short_budget(row):
+        return None
+    return fam[1]
 
 
 def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd") -> List[Dict[str, str]]:
@@ -157,6 +195,154 @@ def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd"
                 line["verdict"] += " at 5e-5 only (lr grid not run)" if len(by_lr) == 1 else " (lr grid incomplete)"
         lines.append(line)
     return lines
+
+
+def best_lrs(rows: List[Dict[str, str]], task: str) -> Dict[str, float]:
+    """Each objective's best lr of the seed-42 grid of `task` (main metric, then the second)."""
+    lines = best_lr_table(rows, task)
+    return {line["objective"]: float(line["best lr"]) for line in lines}
+
+
+def _paired(a: Dict[int, float], b: Dict[int, float]) -> str:
+    """mean +- std of a - b over the seeds both have."""
+    common = sorted(set(a) & set(b))
+    return mean_std([a[k] - b[k] for k in common]) + f" (n={len(common)})" if common else ""
+
+
+def _scores(rows, metric: str) -> Dict[int, float]:
+    return {int(r["seed"]): 100 * float(r[f"dev_{metric}"]) for r in rows}
+
+
+def _cell(scores: Dict[int, float]) -> str:
+    return f"{mean_std(list(scores.values()))} (n={len(scores)})" if scores else ""
+
+
+def _protocol_rows(rows, task: str, objective: str, lr: float, heads: int, head_init: str, precision="fp32",
+                   short=True) -> List[Dict[str, str]]:
+    """The rows of one cell: the objective at its lr, heads, head start (12 heads: any), precision, budget."""
+    out = []
+    for r in rows:
+        fam = family(r)
+        if (r["task"] != task or fam is None or int(r["heads"]) != heads or fam[0] != objective
+                or abs(fam[1] - lr) > 1e-12 or fam[3] != precision or _short_budget(r) != short):
+            continue
+        if heads == 12 or fam[2] == head_init:
+            out.append(r)
+    return out
+
+
+def starts_table(rows, task: str, heads: int = 4, objective: str = "mlkd") -> List[Dict[str, str]]:
+    """The head starts at `heads` heads, the objective at its best lr and the grid budget: the main metrics and
+    the paired gap to the same objective at 12 heads."""
+    lr = best_lrs(rows, task).get(objective)
+    if lr is None:
+        return []
+    metrics = task_metrics(task, rows)
+    full = _scores(_protocol_rows(rows, task, objective, lr, 12, "concat"), metrics[0])
+    lines = []
+    for start in ("concat", "scaled", "grouped"):
+        rs = _protocol_rows(rows, task, objective, lr, heads, start)
+        if rs:
+            line = {"start": start, **{m: _cell(_scores(rs, m)) for m in metrics}}
+            line[f"12 heads - it ({metrics[0]}, paired)"] = _paired(full, _scores(rs, metrics[0]))
+            lines.append(line)
+    return lines
+
+
+def heads_latency(results_dir: str, shape: str = "3L-384", batch: int = 32, length: int = 128) -> Dict[int, float]:
+    """heads -> median ms per batch of the `shape` student (sdpa) from benchmark_heads_latency.py's newest run
+    on this machine's CSVs; empty if it has not run."""
+    found: Dict[int, tuple] = {}
+    for path in glob.glob(os.path.join(results_dir, "heads_latency_*.csv")):
+        for r in resultfile.read_csv(path):
+            if (r.get("model") == shape and r.get("attn") == "sdpa" and r.get("batch") == str(batch)
+                    and r.get("L") == str(length) and r.get("status") == "ok"):
+                stamp = r.get("timestamp", "")
+                if int(r["heads"]) not in found or stamp > found[int(r["heads"])][0]:
+                    found[int(r["heads"])] = (stamp, float(r["median_ms"]), r.get("cpu_model", ""))
+    return {h: v[1] for h, v in found.items()}
+
+
+def heads_table(rows, task: str, latency: Dict[int, float], start: str = "grouped",
+                objectives=("kd", "mlkd")) -> List[Dict[str, str]]:
+    """One line per head count: each objective at its best lr (12 heads: the lr rows; fewer: from `start`),
+    the grid budget; the main metrics, MLKD - KD paired by seed, MLKD's loss against its 12 heads, latency."""
+    lrs = best_lrs(rows, task)
+    metrics = task_metrics(task, rows)
+    main = metrics[0]
+    cells = {(o, h): _protocol_rows(rows, task, o, lrs[o], h, start) for o in objectives if o in lrs
+             for h in (12, 6, 4, 3)}
+    lines = []
+    for h in (12, 6, 4, 3):
+        if not any(cells.get((o, h)) for o in objectives):
+            continue
+        line = {"heads": str(h), "ms / batch of 32": f"{latency[h]:.1f}" if h in latency else ""}
+        for o in objectives:
+            for m in metrics:
+                line[f"{o} {m}"] = _cell(_scores(cells.get((o, h), []), m))
+        a, b = objectives[-1], objectives[0]
+        line[f"{a} - {b} ({main}, paired)"] = _paired(_scores(cells.get((a, h), []), main),
+                                                      _scores(cells.get((b, h), []), main))
+        line[f"{a}: 12 heads - it (paired)"] = ("" if h == 12 else
+                                                _paired(_scores(cells.get((a, 12), []), main),
+                                                        _scores(cells.get((a, h), []), main)))
+        lines.append(line)
+    return lines
+
+
+def budget_table(rows, task: str) -> List[Dict[str, str]]:
+    """Per (objective, heads, start) that has rows at a longer budget: its main metric per budget and
+    precision, each objective at its best lr."""
+    lrs = best_lrs(rows, task)
+    main = task_metrics(task, rows)[0]
+    configs, budgets = [], []
+    for r in rows:
+        fam = family(r)
+        if r["task"] != task or fam is None or lrs.get(fam[0]) is None or abs(fam[1] - lrs[fam[0]]) > 1e-12:
+            continue
+        config = (fam[0], int(r["heads"]), fam[2] if int(r["heads"]) < 12 else "concat")
+        if not _short_budget(r) and config not in configs:
+            configs.append(config)
+        budget = (int(r["epochs"]), f"{r['stage1_epochs']} + {r['stage2_epochs']}" if fam[0] not in ("ft", "kd")
+                  else f"{r['stage2_epochs']}", fam[3])
+        budgets.append(budget)
+    lines = []
+    for objective, heads, start in configs:
+        line = {"objective": objective, "heads": str(heads), "start": start if heads < 12 else "",
+                "lr": lr_text(lrs[objective])}
+        for epochs, precision in dict.fromkeys((b[0], b[2]) for b in budgets):
+            rs = [r for r in _protocol_rows(rows, task, objective, lrs[objective], heads, start, precision,
+                                            short=epochs == GRID_EPOCHS.get(task))
+                  if int(r["epochs"]) == epochs]
+            split = rs[0]["stage1_epochs"] + " + " + rs[0]["stage2_epochs"] if rs else ""
+            line[f"{epochs} epochs, {precision}"] = f"{_cell(_scores(rs, main))} [{split}]" if rs else ""
+        lines.append(line)
+    return lines
+
+
+def _md_table(lines: List[Dict[str, str]]) -> List[str]:
+    cols = list(dict.fromkeys(k for line in lines for k in line))
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(line.get(c, "") for c in cols) + " |" for line in lines])
+
+
+def heads_markdown(rows, results_dir: str) -> str:
+    out = []
+    latency = heads_latency(results_dir)
+    for task in dict.fromkeys(r["task"] for r in rows):
+        starts, heads, budget = starts_table(rows, task), heads_table(rows, task, latency), budget_table(rows, task)
+        folder = get_task(task).folder
+        if starts:
+            out.append(f"**{folder}, starts for 4 heads** (MLKD at its best lr, the grid budget)\n")
+            out += _md_table(starts) + [""]
+        if any(line["heads"] != "12" for line in heads):
+            out.append(f"**{folder}, heads** (each objective at its best lr, the grid budget; fewer heads start "
+                       "`grouped`; latency: benchmark_heads_latency.py, 3L-384 student, sdpa, L=128)\n")
+            out += _md_table(heads) + [""]
+        if budget:
+            out.append(f"**{folder}, budgets** (main metric, mean ± std over seeds [stage 1 + stage 2 epochs])\n")
+            out += _md_table(budget) + [""]
+    return "\n".join(out)
 
 
 def verdict_markdown(rows: List[Dict[str, str]]) -> str:
@@ -227,6 +413,46 @@ def plot(rows: List[Dict[str, str]], path: str) -> None:
     plt.close(fig)
 
 
+def plot_heads(rows, latency: Dict[int, float], path: str, task: str = "mrpc", objectives=("kd", "mlkd"),
+               start: str = "grouped") -> bool:
+    """Accuracy (main metric) against measured latency, one line per objective through 12, 6, 4, 3 heads, the
+    seeds' std as error bars. False (no file) where the latency or fewer-head rows are missing."""
+    lrs = best_lrs(rows, task)
+    main = task_metrics(task, rows)[0]
+    lines = {}
+    for o in objectives:
+        pts = []
+        for h in (12, 6, 4, 3):
+            scores = list(_scores(_protocol_rows(rows, task, o, lrs[o], h, start), main).values()) if o in lrs else []
+            if scores and h in latency:
+                pts.append((latency[h], statistics.mean(scores), statistics.stdev(scores) if len(scores) > 1 else 0, h))
+        if len(pts) > 1:
+            lines[o] = pts
+    if not lines:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for o, pts in lines.items():
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                    label=f"{o} (lr {lr_text(lrs[o])})", color="tab:orange" if o == "mlkd" else "tab:gray")
+        for x, y, _, h in pts:
+            ax.annotate(f"{h}h", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    teacher = 100 * float(next(r for r in rows if r["task"] == task)[f"teacher_{main}"])
+    ax.axhline(teacher, color="tab:red", linestyle="--", label=f"teacher {teacher:.1f}")
+    ax.set_xlabel("CPU latency, ms per batch of 32 (L=128)")
+    ax.set_ylabel(f"dev {main} (%)")
+    ax.set_title(f"{get_task(task).folder}: 3-layer students by head count (start: {start})", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def replace_block(readme: str, table: str, start: str = START, end: str = END) -> None:
     with open(readme) as f:
         text = f.read()
@@ -249,27 +475,32 @@ def main(argv=None) -> int:
     paths = sorted(glob.glob(os.path.join(args.dir, "quality_*.csv")))
     if not paths:
         raise SystemExit(f"no quality_*.csv in {args.dir}: run benchmarks/quality/run.py first")
-    tables, verdicts = [], []
+    tables, verdicts, heads_parts = [], [], []
     for path in paths:
         machine = os.path.basename(path)[len("quality_"):-len(".csv")]
         rows = resultfile.read_csv(path)
         table = f"Machine: {machine} ({rows[0]['cpu_model']}), commits {', '.join(sorted(set(r['commit'] for r in rows)))}.\n\n"
         verdict = verdict_markdown(rows)
+        heads = heads_markdown(rows, args.dir)
         table += markdown(summarise(rows))
         base = path[: -len(".csv")]
         with open(base + ".md", "w") as f:
-            f.write((verdict + "\n" if verdict else "") + table)
+            f.write("\n".join(part for part in (verdict, heads, table) if part))
         plot(rows, base + ".png")
-        print(verdict + "\n" + table)
+        if plot_heads(rows, heads_latency(args.dir), base + "_heads.png"):
+            heads += f"\n![accuracy against latency by head count]({os.path.relpath(base + '_heads.png', HERE_ROOT)})\n"
+        print(verdict + "\n" + heads + "\n" + table)
         tables.append(table)
         verdicts.append(verdict)
+        heads_parts.append(heads)
     for readme in args.readme:
         with open(readme) as f:
             text = f.read()
-        blocks = [(START, END, "\n".join(tables)), (VERDICT_START, VERDICT_END, "\n".join(v for v in verdicts if v))]
+        blocks = [(START, END, "\n".join(tables)), (VERDICT_START, VERDICT_END, "\n".join(v for v in verdicts if v)),
+                  (HEADS_START, HEADS_END, "\n".join(h for h in heads_parts if h))]
         present = [(a, b, body) for a, b, body in blocks if a in text and b in text]
         if not present:
-            raise SystemExit(f"{readme} has neither a {START} nor a {VERDICT_START} block to replace")
+            raise SystemExit(f"{readme} has none of the blocks {START}, {VERDICT_START}, {HEADS_START} to replace")
         for a, b, body in present:
             replace_block(readme, body, a, b)
     return 0
