@@ -32,6 +32,8 @@ TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("spearman", "pearson"), "c
 START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 VERDICT_START, VERDICT_END = "<!-- quality-verdict:start -->", "<!-- quality-verdict:end -->"
 HEADS_START, HEADS_END = "<!-- quality-heads:start -->", "<!-- quality-heads:end -->"
+# the verdict block holds the tasks whose lr grid is complete; this one every task (lr 5e-5-only ones marked)
+ALL_VERDICT_START, ALL_VERDICT_END = "<!-- quality-verdict-all:start -->", "<!-- quality-verdict-all:end -->"
 BASE_LR = 5e-5  # grid.yaml's distill learning_rate: the lr of a plain row (variant = the objective)
 # the lr grid, the same for every objective, doubled on past the edge while an objective's best is at it
 LR_GRID = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
@@ -190,7 +192,7 @@ def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd"
             elif -mean_gap > spread:
                 line["verdict"] = f"{objective} beats {reference}"
             else:
-                line["verdict"] = f"level (|gap| <= larger std {spread:.2f})"
+                line["verdict"] = f"level (gap within the larger std {spread:.2f})"
             if partial and len(common) >= 2:
                 line["verdict"] += " at 5e-5 only (lr grid not run)" if len(by_lr) == 1 else " (lr grid incomplete)"
         lines.append(line)
@@ -345,11 +347,12 @@ def heads_markdown(rows, results_dir: str) -> str:
     return "\n".join(out)
 
 
-def verdict_markdown(rows: List[Dict[str, str]]) -> str:
+def verdict_markdown(rows: List[Dict[str, str]], graded_only: bool = False) -> str:
+    """The best-lr table of each task; `graded_only`: only tasks where every objective ran the lr grid."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         lines = best_lr_table(rows, task)
-        if not lines:
+        if not lines or (graded_only and any("grid" in line.get("verdict", "") for line in lines)):
             continue
         cols = list(dict.fromkeys(k for line in lines for k in line))
         out.append(f"**{get_task(task).folder}**: every objective at its own best lr (AdamW, 12 heads, 3-epoch budget; "
@@ -475,7 +478,7 @@ def main(argv=None) -> int:
     paths = sorted(glob.glob(os.path.join(args.dir, "quality_*.csv")))
     if not paths:
         raise SystemExit(f"no quality_*.csv in {args.dir}: run benchmarks/quality/run.py first")
-    tables, verdicts, heads_parts = [], [], []
+    tables, verdicts, all_verdicts, heads_parts = [], [], [], []
     for path in paths:
         machine = os.path.basename(path)[len("quality_"):-len(".csv")]
         rows = resultfile.read_csv(path)
@@ -491,16 +494,18 @@ def main(argv=None) -> int:
             heads += f"\n![accuracy against latency by head count]({os.path.relpath(base + '_heads.png', HERE_ROOT)})\n"
         print(verdict + "\n" + heads + "\n" + table)
         tables.append(table)
-        verdicts.append(verdict)
+        verdicts.append(verdict_markdown(rows, graded_only=True))
+        all_verdicts.append(verdict)
         heads_parts.append(heads)
     for readme in args.readme:
         with open(readme) as f:
             text = f.read()
         blocks = [(START, END, "\n".join(tables)), (VERDICT_START, VERDICT_END, "\n".join(v for v in verdicts if v)),
-                  (HEADS_START, HEADS_END, "\n".join(h for h in heads_parts if h))]
+                  (HEADS_START, HEADS_END, "\n".join(h for h in heads_parts if h)),
+                  (ALL_VERDICT_START, ALL_VERDICT_END, "\n".join(v for v in all_verdicts if v))]
         present = [(a, b, body) for a, b, body in blocks if a in text and b in text]
         if not present:
-            raise SystemExit(f"{readme} has none of the blocks {START}, {VERDICT_START}, {HEADS_START} to replace")
+            raise SystemExit(f"{readme} has none of the blocks {[b[0] for b in blocks]} to replace")
         for a, b, body in present:
             replace_block(readme, body, a, b)
     return 0
