@@ -15,6 +15,7 @@ schedule for stage 2), and under DDP the sample relations (L_SS, L_SC) span each
 """
 from __future__ import annotations
 
+import glob
 import io
 import os
 from typing import Dict, Optional
@@ -28,6 +29,7 @@ try:
 except ImportError as e:  # pragma: no cover - the test extra installs it
     raise ImportError("mlkd_fast.hf.MLKDTrainer needs accelerate: pip install 'mlkd_fast[hf]'") from e
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.trainer_utils import get_last_checkpoint
 
 from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import backends
@@ -72,6 +74,8 @@ class MLKDTrainer(transformers.Trainer):
         # the student, so theirs are zeroed here (at the same point, also after a step fp16 skipped)
         self._zero_projections = _ZeroGradients(None)
         self.add_callback(self._zero_projections)
+        self._projections_io = _ProjectionsIO(self)
+        self.add_callback(self._projections_io)
         self._set_up(self.model)
 
     def _set_up(self, student: nn.Module) -> None:
@@ -143,20 +147,43 @@ class MLKDTrainer(transformers.Trainer):
                     p.grad /= self.args.world_size
         return loss
 
-    def _save_checkpoint(self, model, trial, *args, **kwargs):
-        super()._save_checkpoint(model, trial, *args, **kwargs)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            buffer = io.BytesIO()
-            torch.save(self.projections.state_dict(), buffer)
-            write_bytes(os.path.join(folder, PROJECTIONS_FILE), buffer.getvalue())  # never a half-written file
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """Trainer.train; resuming also restores the projections saved beside the checkpoint (at train begin,
+        after model_init and the Trainer's own checkpoint loading, before the first step)."""
+        folder = resume_from_checkpoint
+        if folder is True:  # the Trainer's rule: the newest checkpoint in output_dir (it raises if there is none)
+            folder = get_last_checkpoint(self.args.output_dir)
+        self._projections_io.resume_from = folder if isinstance(folder, (str, os.PathLike)) else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, PROJECTIONS_FILE)
+
+class _ProjectionsIO(transformers.TrainerCallback):
+    """The projections (not part of the student, so not in the Trainer's checkpoint) saved into each checkpoint
+    folder the Trainer writes (on_save) and read back from the one a run resumes from (on_train_begin)."""
+
+    def __init__(self, trainer: "MLKDTrainer"):
+        self.trainer, self.resume_from = trainer, None
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        name = f"checkpoint-{state.global_step}"
+        # output_dir, or a trial's run-* folder under it (hyper-parameter search): the newest such checkpoint
+        found = [d for d in [os.path.join(args.output_dir, name)] + glob.glob(os.path.join(args.output_dir, "*", name))
+                 if os.path.isdir(d)]
+        if not found:
+            raise RuntimeError(f"MLKDTrainer: the Trainer saved no {name} folder under {args.output_dir}")
+        buffer = io.BytesIO()
+        torch.save(self.trainer.projections.state_dict(), buffer)
+        write_bytes(os.path.join(max(found, key=os.path.getmtime), PROJECTIONS_FILE), buffer.getvalue())
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.resume_from is None:
+            return
+        path = os.path.join(self.resume_from, PROJECTIONS_FILE)
         if not os.path.exists(path):
-            raise InputError(f"{resume_from_checkpoint} has no {PROJECTIONS_FILE}: it was not written by MLKDTrainer")
-        self.projections.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
+            raise InputError(f"{self.resume_from} has no {PROJECTIONS_FILE}: it was not written by MLKDTrainer")
+        self.trainer.projections.load_state_dict(torch.load(path, map_location=args.device, weights_only=True))
 
 
 class _ZeroGradients(transformers.TrainerCallback):
