@@ -5,6 +5,7 @@ import datetime as _dt
 import functools
 import os
 import platform
+import re
 import subprocess
 from typing import Dict
 
@@ -55,13 +56,24 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_slug(model: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'intel-xeon', 'AMD EPYC 7763 64-Core Processor' -> 'amd-epyc-7763-64-core'."""
+    text = re.sub(r"\((r|tm)\)|\b(processor|cpu)\b|@.*$", " ", model.lower())
+    return "-".join(re.findall(r"[a-z0-9]+", text)) or "unknown"
+
+
+def cpu_label(model: str, cores: int, threads: int) -> str:
+    """The label of a CPU machine: the processor model and core count (and threads where fewer are used), so
+    that rows of different processors never share a label (or a result file)."""
+    return f"cpu-{cpu_slug(model)}-{cores}core" + (f"-{threads}thread" if threads != cores else "")
+
+
 def machine_kind(device: str) -> str:
-    """Short label used in result file names: cpu-2core, gpu-nvidia-h100-80gb-hbm3, ..."""
+    """Short label used in result file names: cpu-intel-xeon-2core, gpu-nvidia-h100-80gb-hbm3, ..."""
     if device == "cuda":
         name = torch.cuda.get_device_name(0).lower()
         return "gpu-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
-    threads = torch.get_num_threads()
-    return f"cpu-{_cores()}core" + (f"-{threads}thread" if threads != _cores() else "")
+    return cpu_label(_cpu_model(), _cores(), torch.get_num_threads())
 
 
 @functools.lru_cache(maxsize=None)

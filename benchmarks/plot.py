@@ -1,7 +1,7 @@
 """Plots (PNG) and markdown tables from the benchmark CSVs of one machine.
 
     python benchmarks/plot.py                        # every machine found in benchmarks/results/
-    python benchmarks/plot.py --machine cpu-2core    # one machine
+    python benchmarks/plot.py --machine cpu-intel-xeon-2core    # one machine
     python benchmarks/plot.py --dir /tmp/mlkd_fast_bench_quick   # e.g. the --quick outputs
 
 Writes, next to the CSVs:
@@ -272,7 +272,7 @@ def cache_reuse_table(rows) -> List[str]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default=resultfile.RESULTS_DIR, help="folder with the CSVs (default benchmarks/results)")
-    p.add_argument("--machine", default=None, help="machine label, e.g. cpu-2core (default: every one found)")
+    p.add_argument("--machine", default=None, help="machine label, e.g. cpu-intel-xeon-2core (default: every one found)")
     args = p.parse_args(argv)
     import matplotlib
 

@@ -5,6 +5,7 @@ pytest's tmp_path, never to benchmarks/results/.
 """
 import importlib.util
 import os
+import re
 import sys
 
 import pytest
@@ -98,7 +99,8 @@ def test_append_csv_extends_the_header(tmp_path):
 
 def test_machine_info_names_cpu_and_versions():
     info = hostinfo.machine_info("cpu")
-    assert info["machine"].startswith("cpu-") and info["machine"].endswith("core")
+    assert re.fullmatch(r"cpu-[a-z0-9-]+-\d+core(-\d+thread)?", info["machine"])  # processor, cores[, threads]
+    assert hostinfo.cpu_slug(info["cpu_model"]) in info["machine"]
     assert info["torch"] == torch.__version__ and info["cpu_model"] and info["commit"]
 
 
@@ -182,7 +184,8 @@ def test_recipe_quick(tmp_path):
     for r in steps:
         assert float(r["step_ms"]) == pytest.approx(sum(float(r[f"{p}_ms"]) for p in mod.PHASES), rel=1e-3)
     recipes = {(r["way"], r["epochs"]): r for r in rows if r["kind"] == "recipe"}
-    assert sorted(recipes) == [(w, e) for w in ("project", "project-bf16") for e in ("20+15", "3+3")]
+    assert sorted(recipes) == [(w, e) for w in ("project", "project-bf16", "project-compile")
+                               for e in ("20+15", "3+3")]
     # the whole recipe is the build plus the epochs' steps: check the arithmetic of the rows by hand
     step = {(r["way"], r["stage"]): float(r["step_ms"]) / 1e3 for r in steps}
     n_steps = -(-64 // 4)

@@ -251,13 +251,15 @@ def starts_table(rows, task: str, heads: int = 4, objective: str = "mlkd") -> Li
     return lines
 
 
-def heads_latency(results_dir: str, shape: str = "3L-384", batch: int = 32, length: int = 128) -> Dict[int, float]:
+def heads_latency(results_dir: str, cpu_model: str, shape: str = "3L-384", batch: int = 32,
+                  length: int = 128) -> Dict[int, float]:
     """heads -> median ms per batch of the `shape` student (sdpa) from benchmark_heads_latency.py's newest run
-    on this machine's CSVs; empty if it has not run."""
+    on the processor `cpu_model` (the quality rows'); empty if it has not run there."""
     found: Dict[int, tuple] = {}
     for path in glob.glob(os.path.join(results_dir, "heads_latency_*.csv")):
         for r in resultfile.read_csv(path):
             if (r.get("model") == shape and r.get("attn") == "sdpa" and r.get("batch") == str(batch)
+                    and r.get("cpu_model") == cpu_model
                     and r.get("L") == str(length) and r.get("status") == "ok"):
                 stamp = r.get("timestamp", "")
                 if int(r["heads"]) not in found or stamp > found[int(r["heads"])][0]:
@@ -330,7 +332,7 @@ def _md_table(lines: List[Dict[str, str]]) -> List[str]:
 
 def heads_markdown(rows, results_dir: str) -> str:
     out = []
-    latency = heads_latency(results_dir)
+    latency = heads_latency(results_dir, rows[0]["cpu_model"])
     for task in dict.fromkeys(r["task"] for r in rows):
         starts, heads, budget = starts_table(rows, task), heads_table(rows, task, latency), budget_table(rows, task)
         folder = get_task(task).folder
@@ -482,7 +484,9 @@ def main(argv=None) -> int:
     for path in paths:
         machine = os.path.basename(path)[len("quality_"):-len(".csv")]
         rows = resultfile.read_csv(path)
-        table = f"Machine: {machine} ({rows[0]['cpu_model']}), commits {', '.join(sorted(set(r['commit'] for r in rows)))}.\n\n"
+        commits = sorted(set(r["commit"] for r in rows))
+        table = (f"Machine: {machine} ({rows[0]['cpu_model']}); {len(rows)} rows from {len(commits)} commits "
+                 "(each row's in the CSV's `commit` column).\n\n")
         verdict = verdict_markdown(rows)
         heads = heads_markdown(rows, args.dir)
         table += markdown(summarise(rows))
@@ -490,7 +494,7 @@ def main(argv=None) -> int:
         with open(base + ".md", "w") as f:
             f.write("\n".join(part for part in (verdict, heads, table) if part))
         plot(rows, base + ".png")
-        if plot_heads(rows, heads_latency(args.dir), base + "_heads.png"):
+        if plot_heads(rows, heads_latency(args.dir, rows[0]["cpu_model"]), base + "_heads.png"):
             heads += f"\n![accuracy against latency by head count]({os.path.relpath(base + '_heads.png', HERE_ROOT)})\n"
         print(verdict + "\n" + heads + "\n" + table)
         tables.append(table)
