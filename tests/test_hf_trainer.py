@@ -21,7 +21,7 @@ def _args(out, **kw):
     return TrainingArguments(**dict(base, **kw))
 
 
-def _trainer(out, objective="mlkd", **kw):
+def _trainer(out, objective="mlkd", distill=None, stage1_fraction=None, **kw):
     from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
 
     teacher = tiny_bert(layers=4, hidden=32, heads=4)
@@ -29,10 +29,11 @@ def _trainer(out, objective="mlkd", **kw):
     student = build_student(teacher, 2, num_heads=2 if objective != "tinybert" else 4)
     train, dev = tokenized_dataset(24), tokenized_dataset(8, seed=1)
     tok = PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(), pad_token="[PAD]")
-    cfg = DistillConfig(objective=objective, splits=4, stage1_epochs=1, stage2_epochs=1)
+    cfg = DistillConfig(**dict(dict(objective=objective, splits=4, stage1_epochs=1, stage2_epochs=1), **(distill or {})))
     metrics = lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}  # noqa: E731
     return MLKDTrainer(model=student, teacher=teacher, args=_args(out, **kw), train_dataset=train, eval_dataset=dev,
-                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics, distill_config=cfg)
+                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics, distill_config=cfg,
+                       stage1_fraction=stage1_fraction)
 
 
 def _word_tokenizer():
@@ -140,26 +141,38 @@ def test_ddp_two_ranks_keep_student_and_projections_identical(tmp_path):
             assert torch.allclose(r0[part][k], r1[part][k], atol=1e-6), (part, k)
 
 
-def test_gradient_accumulation_averages_like_one_big_batch(tmp_path):
-    """One optimiser step of 2 x 8 accumulated micro-batches moves the student exactly as one step of 16 (plain
-    SGD, no clipping, hard labels only so that no term depends on how the batch is cut), and logs the same loss."""
+@pytest.mark.parametrize("objective,stage", [("ft", 2), ("kd", 2), ("mlkd", 1), ("mlkd", 2), ("tinybert", 1),
+                                             ("tinybert", 2), ("minilmv2", 1), ("minilmv2", 2)])
+def test_gradient_accumulation_averages_like_one_big_batch(tmp_path, objective, stage):
+    """One optimiser step of 2 x 8 accumulated micro-batches moves the student and the projections exactly as one
+    step of 16 (plain SGD, no clipping), and logs the same loss, for every objective and stage. Conditions under
+    which the two are the same computation: sequences of one length (token-mean terms weigh micro-batches
+    equally) and the batch-relation terms L_SS and L_SC off (they relate the samples of one micro-batch)."""
+    from tokenizers import Tokenizer  # noqa: F401 (the trainer's collator)
+
     def one_step(out, batch, accum):
-        trainer = _trainer(out, objective="ft", per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
-                           max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0, weight_decay=0.0,
-                           save_strategy="no", warmup_steps=0, lr_scheduler_type="constant")
-        trainer.train_dataset = trainer.train_dataset.select(range(16))
-        for m in trainer.model.modules():  # no dropout: the two runs draw different masks
+        relations_off = {"stage2_weights": {"ss": 0.0, "sc": 0.0}} if objective == "mlkd" else {}
+        trainer = _trainer(out, objective=objective, distill=relations_off,
+                           stage1_fraction=1.0 if stage == 1 else 0.0, per_device_train_batch_size=batch,
+                           gradient_accumulation_steps=accum, max_steps=1, optim="sgd", learning_rate=1.0,
+                           max_grad_norm=0.0, weight_decay=0.0, save_strategy="no", warmup_steps=0,
+                           lr_scheduler_type="constant")
+        trainer.train_dataset = tokenized_dataset(16, min_len=10, max_len=10)
+        for m in list(trainer.model.modules()) + list(trainer.teacher.modules()):  # the two runs draw other masks
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-        before = trainer.model.classifier.weight.detach().clone()
+        params = dict(trainer.model.named_parameters(), **{f"proj.{k}": v for k, v in trainer.projections.named_parameters()})
+        before = {k: v.detach().clone() for k, v in params.items()}
         trainer.train()
+        assert [h["mlkd/stage"] for h in trainer.state.log_history if "mlkd/stage" in h] == [stage]
         loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
-        return trainer.model.classifier.weight.detach() - before, loss
+        return {k: v.detach() - before[k] for k, v in params.items()}, loss
 
     big, big_loss = one_step(tmp_path / "big", 16, 1)
     acc, acc_loss = one_step(tmp_path / "acc", 8, 2)
-    assert big.abs().sum() > 0
-    torch.testing.assert_close(acc, big, rtol=1e-4, atol=1e-7)
+    assert sum(float(d.abs().sum()) for d in big.values()) > 0
+    for k in big:
+        torch.testing.assert_close(acc[k], big[k], rtol=1e-4, atol=1e-6, msg=k)
     assert acc_loss == pytest.approx(big_loss, rel=1e-4)
 
 

@@ -41,10 +41,13 @@ def test_autocast_distillation_is_close_to_fp32(tmp_path, precision):
         assert "scaler" in checkpoint.load_state(str(tmp_path / "fp16"), "distill")
 
 
-def test_gradient_accumulation_of_a_per_sample_objective_equals_the_whole_batch(tmp_path, monkeypatch):
-    """Two micro-batches of 4 average to the gradient of the batch of 8 for a per-sample mean (L_KD): the same
-    gradient norm at every step (AdamW alone would hide a summed, doubled gradient) and the same weights; batch
-    relations (L_SS, L_SC) would span one micro-batch instead (README)."""
+@pytest.mark.parametrize("objective,stage", [("ft", 2), ("kd", 2), ("mlkd", 1), ("mlkd", 2), ("tinybert", 1),
+                                             ("tinybert", 2), ("minilmv2", 1), ("minilmv2", 2)])
+def test_gradient_accumulation_equals_the_whole_batch(tmp_path, monkeypatch, objective, stage):
+    """Two micro-batches of 4 average to the gradient of the batch of 8, for every objective and stage: the same
+    gradient norm at every step (AdamW alone would hide a summed, doubled gradient) and the same weights. The
+    conditions under which the two are one computation: sequences of one length (token-mean terms weigh the
+    micro-batches equally) and the batch relations L_SS, L_SC off (they span one micro-batch; README)."""
     students, norms = [], {1: [], 2: []}
     clip = torch.nn.utils.clip_grad_norm_
     for accum in (1, 2):
@@ -57,11 +60,14 @@ def test_gradient_accumulation_of_a_per_sample_objective_equals_the_whole_batch(
         teacher = tiny_bert(layers=2, hidden=32, heads=4)
         teacher.config.hidden_dropout_prob = teacher.config.attention_probs_dropout_prob = 0.0  # the student's too
         torch.manual_seed(5)
-        student = build_student(teacher, 1, layer_map=(2,), num_heads=2, init="random")
-        cfg = DistillConfig(stage1_epochs=0, stage2_epochs=2, batch_size=8, splits=4, learning_rate=1e-3, device="cpu",
-                            grad_accum_steps=accum, stage2_weights={"ss": 0.0, "sc": 0.0, "kd": 1.0})
-        distill(teacher, student, tokenized_dataset(16), config=cfg, output_dir=str(tmp_path / f"a{accum}"),
-                stages=(2,), backend="cpp", progress=False)
+        student = build_student(teacher, 1, layer_map=(2,), num_heads=4 if objective == "tinybert" else 2,
+                                init="random")
+        cfg = DistillConfig(objective=objective, stage1_epochs=2 if stage == 1 else 0, stage2_epochs=2, batch_size=8,
+                            splits=4, learning_rate=1e-3, device="cpu", grad_accum_steps=accum,
+                            stage2_weights={"ss": 0.0, "sc": 0.0} if objective == "mlkd" else {})
+        distill(teacher, student, tokenized_dataset(16, min_len=10, max_len=10), config=cfg,
+                output_dir=str(tmp_path / f"a{accum}"), stages=(stage,), backend="cpp", progress=False)
         students.append(student.state_dict())
-    assert len(norms[1]) == len(norms[2]) == 4 and norms[1] == pytest.approx(norms[2], rel=1e-5)
+    assert len(norms[1]) == len(norms[2]) == 4 and min(norms[1]) > 0
+    assert norms[1] == pytest.approx(norms[2], rel=1e-5)
     assert max((students[0][k] - students[1][k]).abs().max().item() for k in students[0]) < 1e-6
