@@ -5,7 +5,8 @@ fine-tuning is one phase, MLKD distillation is two (stage 1, stage 2).
         for epoch in the phase's remaining epochs:
             for batch in the seeded epoch order (a resumed epoch starts at state.step):
                 loss, terms = phase.step(batch)        # the path's objective
-                backward -> clip -> optimizer -> scheduler -> log -> periodic checkpoint [-> dev metrics]
+                backward -> clip -> optimizer -> scheduler
+                side jobs (LoopJob): progress and log, dev metrics, checkpoint, stop signal, step budget
             dev metrics -> history -> best model kept -> checkpoint
 
 A path describes itself (a `Run` and its `Phase`s) and never copies this loop.
@@ -188,51 +189,133 @@ def _run_phases(run: Run, phases: Sequence[Phase], saved, state: RunState, logge
 def _train_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: MetricLogger, stop: "StopSignals") -> None:
     cfg, dist = run.config, run.dist
     order = epoch_order(len(run.train), cfg.seed, phase.stage * 100_000 + epoch)
-    total = num_batches(len(run.train), cfg.batch_size, dist.world, cfg.drop_last)
-    bar = progress_bar(total, state.step, f"{phase.label} epoch {epoch + 1}/{phase.epochs}", run.progress and dist.is_main)
+    at = Position(run, phase, state, epoch, total=num_batches(len(run.train), cfg.batch_size, dist.world, cfg.drop_last))
+    jobs = [Progress(at, logger), EvaluateEvery(logger), CheckpointEvery(), StopOnSignal(stop), StepBudget()]
     run.model.train()
-    max_norm = cfg.max_grad_norm if phase.max_grad_norm is None else phase.max_grad_norm
-    started = time.perf_counter()
-    for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step, shard=(dist.rank, dist.world),
-                         drop_last=cfg.drop_last):
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        terms, stops = _accumulate(run, phase, batch, state, epoch, stop)
-        run.amp.unscale(phase.optimizer)
-        dist.average_gradients(phase.clip_params)
-        # the norm is always taken (max_norm=inf scales by exactly 1): a non-finite gradient stops the run
-        # before the optimiser writes it into the weights (with fp16 the scaler skips that step instead)
-        norm = nn.utils.clip_grad_norm_(phase.clip_params, max_norm if max_norm > 0 else float("inf"))
-        if not run.amp.skips_overflow:
-            _check_finite("gradient norm", float(norm), terms, phase, state, epoch)
-        run.amp.step(phase.optimizer)
-        phase.scheduler.step()
+    try:
+        for batch in batches(run.train, order, cfg.batch_size, run.collate, start=state.step,
+                             shard=(dist.rank, dist.world), drop_last=cfg.drop_last):
+            batch = {k: v.to(run.device) for k, v in batch.items()}
+            at.terms, at.stop_asked = _accumulate(run, phase, batch, state, epoch, stop)
+            _optimizer_step(run, phase, at.terms, state, epoch)
+            state.add_step(at.terms)
+            at.tokens = float(batch["attention_mask"].sum()) * dist.world
+            for job in jobs:  # the side jobs, in this order; one may end the epoch (budget) or the run (signal)
+                job.on_step(at)
+            if at.end_epoch:
+                break
+    finally:
+        for job in jobs:
+            job.on_epoch_end(at)
 
-        state.add_step(terms)
-        tokens_per_s = float(batch["attention_mask"].sum()) * dist.world / max(1e-9, time.perf_counter() - started)
-        started = time.perf_counter()
-        bar.set_postfix({**{k: f"{v:.4f}" for k, v in terms.items()}, "tok/s": f"{tokens_per_s:.0f}"})
-        bar.update(1)
-        logger.log({"kind": "train", **_where(phase, epoch), "step": state.global_step,
-                    "lr": phase.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, **terms},
-                   step=state.global_step)
-        if cfg.eval_every and phase.keep_best and state.global_step % cfg.eval_every == 0 and state.step < total:
-            evaluated = {**_where(phase, epoch), "step": state.global_step, "metrics": _dev_metrics(run)}
+
+def _optimizer_step(run: Run, phase: Phase, terms: Dict[str, float], state: RunState, epoch: int) -> None:
+    """Unscale, average over ranks, clip, step. The norm is always taken (max_norm=inf scales by exactly 1): a
+    non-finite gradient stops the run before the optimiser writes it into the weights (fp16: the scaler skips
+    that step instead)."""
+    max_norm = run.config.max_grad_norm if phase.max_grad_norm is None else phase.max_grad_norm
+    run.amp.unscale(phase.optimizer)
+    run.dist.average_gradients(phase.clip_params)
+    norm = nn.utils.clip_grad_norm_(phase.clip_params, max_norm if max_norm > 0 else float("inf"))
+    if not run.amp.skips_overflow:
+        _check_finite("gradient norm", float(norm), terms, phase, state, epoch)
+    run.amp.step(phase.optimizer)
+    phase.scheduler.step()
+
+
+@dataclass
+class Position:
+    """Where the loop is, for its side jobs: the run, phase, state and epoch, and what the last step gave."""
+
+    run: Run
+    phase: Phase
+    state: RunState
+    epoch: int
+    total: int  # batches in this epoch (on this rank)
+    terms: Dict[str, float] = field(default_factory=dict)  # the last step's loss terms (global values)
+    tokens: float = 0.0  # tokens of the last step's global batch
+    stop_asked: bool = False  # some rank was signalled to stop before the last step (data parallel)
+    end_epoch: bool = False  # a side job ends the epoch after this step
+
+
+class LoopJob:
+    """A side job of the loop, called after every optimiser step and when the epoch's steps end (also when a
+    step raised: the run stops then)."""
+
+    def on_step(self, at: Position) -> None:
+        pass
+
+    def on_epoch_end(self, at: Position) -> None:
+        pass
+
+
+class Progress(LoopJob):
+    """The progress bar (a terminal) or its plain lines (a log file), and the per-step metrics log."""
+
+    def __init__(self, at: Position, logger: MetricLogger):
+        self.logger, self.started = logger, time.perf_counter()
+        self.bar = progress_bar(at.total, at.state.step, f"{at.phase.label} epoch {at.epoch + 1}/{at.phase.epochs}",
+                                at.run.progress and at.run.dist.is_main)
+
+    def on_step(self, at: Position) -> None:
+        tokens_per_s = at.tokens / max(1e-9, time.perf_counter() - self.started)
+        self.started = time.perf_counter()
+        self.bar.set_postfix({**{k: f"{v:.4f}" for k, v in at.terms.items()}, "tok/s": f"{tokens_per_s:.0f}"})
+        self.bar.update(1)
+        self.logger.log({"kind": "train", **_where(at.phase, at.epoch), "step": at.state.global_step,
+                         "lr": at.phase.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, **at.terms},
+                        step=at.state.global_step)
+
+    def on_epoch_end(self, at: Position) -> None:
+        self.bar.close()
+
+
+class EvaluateEvery(LoopJob):
+    """Dev metrics every `eval_every` steps of the model-choosing phase (the epoch's end evaluates anyway),
+    logged, and the model kept when it is the best so far."""
+
+    def __init__(self, logger: MetricLogger):
+        self.logger = logger
+
+    def on_step(self, at: Position) -> None:
+        cfg, state = at.run.config, at.state
+        if cfg.eval_every and at.phase.keep_best and state.global_step % cfg.eval_every == 0 and state.step < at.total:
+            evaluated = {**_where(at.phase, at.epoch), "step": state.global_step, "metrics": _dev_metrics(at.run)}
             state.evals.append(evaluated)
-            logger.log(dict(evaluated, kind="eval"), step=state.global_step)
-            _keep_if_best(run, phase, state, evaluated)
-        if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
-            _save_state(run, phase, state)
-        # one process: stop at the end of the step the signal arrived in; data parallel: every rank stops at the
-        # same step, after the one whose start saw a signal on any rank (the flag rides on the terms' all-reduce)
-        if (stops if dist.enabled else stop.received):
-            _save_state(run, phase, state)
-            bar.close()
-            raise RunInterrupted(f"{stop.received or 'a signal to another rank'} received: stopped after global step "
-                                 f"{state.global_step} ({phase.label}, epoch {epoch + 1}); checkpoint written to "
-                                 f"{run.output_dir}")
-        if _budget_spent(run, state):
-            break  # max_steps reached: the epoch ends here (evaluated, kept, checkpointed as any other)
-    bar.close()
+            self.logger.log(dict(evaluated, kind="eval"), step=state.global_step)
+            _keep_if_best(at.run, at.phase, state, evaluated)
+
+
+class CheckpointEvery(LoopJob):
+    """A resumable checkpoint every `checkpoint_every` optimiser steps (the epoch's end writes one anyway)."""
+
+    def on_step(self, at: Position) -> None:
+        every = at.run.config.checkpoint_every
+        if every and at.state.global_step % every == 0:
+            _save_state(at.run, at.phase, at.state)
+
+
+class StopOnSignal(LoopJob):
+    """SIGINT/SIGTERM: a checkpoint, then RunInterrupted. One process stops at the end of the step the signal
+    arrived in; data parallel, every rank stops at the same step, after the one whose start saw a signal on
+    any rank (the flag rides on the terms' all-reduce)."""
+
+    def __init__(self, stop: "StopSignals"):
+        self.stop = stop
+
+    def on_step(self, at: Position) -> None:
+        if at.stop_asked if at.run.dist.enabled else self.stop.received:
+            _save_state(at.run, at.phase, at.state)
+            raise RunInterrupted(f"{self.stop.received or 'a signal to another rank'} received: stopped after global "
+                                 f"step {at.state.global_step} ({at.phase.label}, epoch {at.epoch + 1}); checkpoint "
+                                 f"written to {at.run.output_dir}")
+
+
+class StepBudget(LoopJob):
+    """max_steps reached: the epoch ends here (evaluated, kept, checkpointed as any other)."""
+
+    def on_step(self, at: Position) -> None:
+        at.end_epoch = at.end_epoch or _budget_spent(at.run, at.state)
 
 
 def _budget_spent(run: Run, state: RunState) -> bool:
