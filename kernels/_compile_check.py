@@ -64,14 +64,8 @@ def record_launches(B, L, Dt, Ds, splits, dtype, teacher_grad=True, contrastive_
             rk.relation_kl_backward(t, s, splits, valid, weights, gamma, stats, stats, stats, True)
         if contrastive_n:
             x, ids = torch.zeros(contrastive_n, Dt), torch.zeros(contrastive_n, dtype=torch.long)
-
-            class Ctx:
-                def save_for_backward(self, *a):
-                    self.saved_tensors = a
-
-            ctx = Ctx()
-            sc.SampleContrastive.forward(ctx, x, ids, 0.07, 1.0)
-            sc.SampleContrastive.backward(ctx, torch.ones(()))
+            loss, stats = sc.forward(x, ids, 1 / 0.07, 0.07)
+            sc.backward(x, ids, stats, torch.ones(()), 1 / 0.07, 0.07)
     finally:
         for (mod, n), v in saved.items():
             setattr(mod, n, v)

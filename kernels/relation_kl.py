@@ -1,7 +1,10 @@
 """Fused relation KL on GPUs (backend="triton"): L_EMB, L_MHA and L_SS without any L x L buffer.
 
-    relation_kl(teacher (B, L, Dt), student (B, L, Ds), splits, mask (B, L) bool | None) -> 0-dim fp32
-        = mean over valid (b, a, i) rows of KL(rel(teacher, A)_bai || rel(student, A)_bai)
+    forward(teacher (B, L, Dt), student (B, L, Ds), splits, mask (B, L) bool | None) -> (loss, stats)
+        loss = mean over valid (b, a, i) rows of KL(rel(teacher, A)_bai || rel(student, A)_bai), 0-dim fp32
+        stats = (KL, lse_t, lse_s) per row, (3, B, A, L) fp32
+    backward(teacher, student, splits, mask, stats, grad, teacher_grad) -> (d teacher | empty, d student)
+The op mlkd_fast::relation_kl_fused (mlkd_fast/ops/relation_kl.py) calls these as its "triton" backend.
 
 Forward, one program per (b, split a, block of query rows), ONE pass over the
 key tiles: the teacher tile T = Qt Kt^T c_t and the student tile S = Qs Ks^T c_s
@@ -31,7 +34,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from mlkd_fast.kernels._common import LN2, LOG2E, NEG_INIT, check_dtypes, device_function, dot_flags
 from mlkd_fast.kernels._common import head_tiling, load_rows, relation_blocks, tile_scores
@@ -250,43 +252,32 @@ def relation_kl_backward(teacher, student, splits, valid, weights, gamma, kl, ls
     return out
 
 
-class RelationKL(torch.autograd.Function):
-    """Fused relation KL; inputs (teacher, student, splits, mask-or-None) as validated by the op."""
-
-    @staticmethod
-    def forward(ctx, teacher, student, splits, mask):
-        B, L, _ = teacher.shape
-        if mask is None:
-            valid = None  # every key valid: the kernels skip the mask loads
-            weights = torch.ones(B, L, device=teacher.device, dtype=torch.float32)
-        else:
-            # A fully padded sequence keeps all keys valid (finite, unused softmaxes), as the reference does.
-            valid = (mask | ~mask.any(dim=1, keepdim=True)).to(torch.int8).contiguous()
-            weights = mask.to(torch.float32)
-        kl, lse_t, lse_s = relation_kl_forward(teacher, student, splits, valid)
-        n_rows = (weights.sum() * splits).clamp_min(1.0)
-        loss = (kl * weights[:, None, :]).sum() / n_rows
-        ctx.splits = splits
-        ctx.save_for_backward(teacher, student, valid, weights, n_rows, kl, lse_t, lse_s)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        teacher, student, valid, weights, n_rows, kl, lse_t, lse_s = ctx.saved_tensors
-        gamma = (grad.to(torch.float32) / n_rows).reshape(1)  # stays on the device: no host sync
-        d_teacher = d_student = None
-        if ctx.needs_input_grad[1]:
-            d_student = relation_kl_backward(teacher, student, ctx.splits, valid, weights, gamma, kl, lse_t, lse_s, False)
-        if ctx.needs_input_grad[0]:
-            d_teacher = relation_kl_backward(teacher, student, ctx.splits, valid, weights, gamma, kl, lse_t, lse_s, True)
-        return d_teacher, d_student, None, None
+def _rows(teacher, mask):
+    """The key-validity mask the kernels read (None: every key valid, the mask loads skipped), each query row's
+    weight (1 valid, 0 padding) and their count. A fully padded sequence keeps all keys valid (finite, unused
+    softmaxes), as the reference does."""
+    B, L, _ = teacher.shape
+    if mask is None:
+        return None, torch.ones(B, L, device=teacher.device, dtype=torch.float32)
+    return (mask | ~mask.any(dim=1, keepdim=True)).to(torch.int8).contiguous(), mask.to(torch.float32)
 
 
-def relation_kl(teacher: torch.Tensor, student: torch.Tensor, splits: int, mask) -> torch.Tensor:
-    """Entry point of the "triton" backend (inputs validated by mlkd_fast.ops.relation_kl); 0-dim fp32."""
+def forward(teacher, student, splits: int, mask):
+    """The "triton" backend of mlkd_fast::relation_kl_fused (inputs validated, padded positions zeroed by the
+    op): the 0-dim fp32 loss and the per-row statistics the backward reads, (3, B, A, L) fp32: KL, lse_t, lse_s."""
     check_dtypes(teacher=teacher, student=student)
-    B, L = teacher.shape[:2]
-    if B == 0 or L == 0:  # no rows: the loss is 0 (a zero-size grid cannot launch)
-        return (teacher.sum() + student.sum()).to(torch.float32) * 0.0
-    return RelationKL.apply(teacher, student, splits, mask)
+    valid, weights = _rows(teacher, mask)
+    kl, lse_t, lse_s = relation_kl_forward(teacher, student, splits, valid)
+    loss = (kl * weights[:, None, :]).sum() / (weights.sum() * splits).clamp_min(1.0)
+    return loss, torch.stack([kl, lse_t, lse_s])
+
+
+def backward(teacher, student, splits: int, mask, stats, grad, teacher_grad: bool):
+    """d loss / d teacher (when teacher_grad; else an empty tensor) and d loss / d student."""
+    valid, weights = _rows(teacher, mask)
+    gamma = (grad.to(torch.float32) / (weights.sum() * splits).clamp_min(1.0)).reshape(1)  # on the device: no sync
+    kl, lse_t, lse_s = stats[0], stats[1], stats[2]
+    d_student = relation_kl_backward(teacher, student, splits, valid, weights, gamma, kl, lse_t, lse_s, False)
+    d_teacher = (relation_kl_backward(teacher, student, splits, valid, weights, gamma, kl, lse_t, lse_s, True)
+                 if teacher_grad else teacher.new_empty(0))
+    return d_teacher, d_student

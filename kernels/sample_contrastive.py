@@ -1,6 +1,9 @@
 """Fused supervised two-view contrastive loss L_SC on GPUs (backend="triton").
 
-    sample_contrastive(teacher (B, D), student (B, D), labels (B,) long | None, tau, base_tau) -> 0-dim fp32
+    forward(x (N, D) fp32, ids (N,) long, 1 / tau, tau / base_tau) -> (loss 0-dim fp32, stats (2, N): LSE, |P|)
+    backward(x, ids, stats, grad, 1 / tau, tau / base_tau) -> d x
+The op mlkd_fast::sample_contrastive_fused (mlkd_fast/ops/sample_contrastive.py) calls these as its "triton"
+backend; the anchors are built there:
 
 Anchors X = [normalize(student); normalize(teacher)] (N = 2B rows, fp32; the
 normalisation and concatenation are O(N D) torch ops whose backward autograd
@@ -21,12 +24,10 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
-from mlkd_fast.kernels._common import LN2, LOG2E, NEG_INIT, check_dtypes, dot_flags
+from mlkd_fast.kernels._common import LN2, LOG2E, NEG_INIT, dot_flags
 from mlkd_fast.kernels._common import head_tiling, load_rows, relation_blocks, tile_scores
 
 
@@ -116,53 +117,33 @@ def _launch_common(x):
                         D_CHUNKS=tiling.chunks, DOT_F32=dot_f32, PRECISION=precision)
 
 
-class SampleContrastive(torch.autograd.Function):
-    """Fused L_SC over normalised fp32 anchors x (N, D) with ids (N,) long."""
-
-    @staticmethod
-    def forward(ctx, x, ids, temperature, base_temperature):
-        N = x.shape[0]
-        tiling, common = _launch_common(x)
-        blk = relation_blocks(N, (tiling.block,), x.element_size(), backward=False, chunked=tiling.chunks > 1)
-        loss_rows = torch.empty(N, device=x.device, dtype=torch.float32)
-        lse = torch.empty_like(loss_rows)
-        cnt = torch.empty_like(loss_rows)
-        _contrastive_fwd[(triton.cdiv(N, blk.block_m),)](
-            x, ids, loss_rows, lse, cnt, scale=LOG2E / temperature,
-            BLOCK_M=blk.block_m, BLOCK_N=blk.block_n, num_warps=blk.num_warps, num_stages=blk.num_stages,
-            **common,
-        )
-        ctx.temperature = temperature
-        ctx.factor = temperature / base_temperature
-        ctx.save_for_backward(x, ids, lse, cnt)
-        return loss_rows.mean() * ctx.factor
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, ids, lse, cnt = ctx.saved_tensors
-        N, D = x.shape
-        tiling, common = _launch_common(x)
-        blk = relation_blocks(N, (tiling.block, tiling.block), x.element_size(), backward=True, chunked=tiling.chunks > 1)
-        g = (grad.to(torch.float32) * (ctx.factor / N)).reshape(1)  # stays on the device: no host sync
-        dx = torch.empty(N, D, device=x.device, dtype=torch.float32)
-        grid = (triton.cdiv(N, blk.block_m), triton.cdiv(D, tiling.block))
-        _contrastive_bwd[grid](
-            x, ids, lse, cnt, g, dx, scale=LOG2E / ctx.temperature, coef=1.0 / ctx.temperature,
-            BD_O=tiling.block, BLOCK_M=blk.block_m, BLOCK_N=blk.block_n,
-            num_warps=blk.num_warps, num_stages=blk.num_stages, **common,
-        )
-        return dx, None, None, None
+def forward(x, ids, inv_tau: float, scale: float):
+    """The "triton" backend of mlkd_fast::sample_contrastive_fused: anchors x (N, D) normalised fp32, ids (N,)
+    long. The 0-dim fp32 loss scale * mean_i(loss row i) and the row statistics (2, N) fp32: lse, positives."""
+    N = x.shape[0]
+    tiling, common = _launch_common(x)
+    blk = relation_blocks(N, (tiling.block,), x.element_size(), backward=False, chunked=tiling.chunks > 1)
+    loss_rows = torch.empty(N, device=x.device, dtype=torch.float32)
+    stats = torch.empty(2, N, device=x.device, dtype=torch.float32)
+    _contrastive_fwd[(triton.cdiv(N, blk.block_m),)](
+        x, ids, loss_rows, stats[0], stats[1], scale=LOG2E * inv_tau,
+        BLOCK_M=blk.block_m, BLOCK_N=blk.block_n, num_warps=blk.num_warps, num_stages=blk.num_stages,
+        **common,
+    )
+    return loss_rows.mean() * scale, stats
 
 
-def sample_contrastive(teacher, student, labels, temperature: float, base_temperature: float) -> torch.Tensor:
-    """Entry point of the "triton" backend (inputs validated by mlkd_fast.ops.sample_contrastive); 0-dim fp32."""
-    check_dtypes(teacher=teacher, student=student)
-    B = teacher.shape[0]
-    if B == 0:  # no anchors: 0, as the reference (a zero-size grid cannot launch)
-        return (teacher.sum() + student.sum()).to(torch.float32) * 0.0
-    # Anchors in fp32 whatever the input dtype: N x D is small next to the N x N logits it feeds.
-    x = torch.cat([F.normalize(student.float(), dim=1), F.normalize(teacher.float(), dim=1)], dim=0)
-    ids = torch.arange(B, device=x.device) if labels is None else labels.to(device=x.device, dtype=torch.long)
-    ids = torch.cat([ids, ids]).contiguous()
-    return SampleContrastive.apply(x, ids, float(temperature), float(base_temperature))
+def backward(x, ids, stats, grad, inv_tau: float, scale: float):
+    """d loss / d x for the upstream gradient `grad` (a 0-dim tensor, kept on the device)."""
+    N, D = x.shape
+    tiling, common = _launch_common(x)
+    blk = relation_blocks(N, (tiling.block, tiling.block), x.element_size(), backward=True, chunked=tiling.chunks > 1)
+    g = (grad.to(torch.float32) * (scale / N)).reshape(1)
+    dx = torch.empty(N, D, device=x.device, dtype=torch.float32)
+    grid = (triton.cdiv(N, blk.block_m), triton.cdiv(D, tiling.block))
+    _contrastive_bwd[grid](
+        x, ids, stats[0], stats[1], g, dx, scale=LOG2E * inv_tau, coef=inv_tau,
+        BD_O=tiling.block, BLOCK_M=blk.block_m, BLOCK_N=blk.block_n,
+        num_warps=blk.num_warps, num_stages=blk.num_stages, **common,
+    )
+    return dx

@@ -1,5 +1,6 @@
 """The ops under torch.compile(fullgraph=True) on CPU: every op and CPU backend traces without a graph break
-(the C++ kernels are torch.library custom ops with fake implementations and registered autograd), and the
+(each fused op is one torch.library custom op over its table of backends, cpp and triton, with per-backend
+fake implementations and one registered autograd; triton here under the interpreter), and the
 compiled loss and gradients equal the eager ones. torch.library.opcheck checks each custom op's registration."""
 import pytest
 import torch
@@ -27,12 +28,17 @@ OPS = {
 }
 
 
+INTERPRETED = mf.ops.backends.triton_kernels() is not None and mf.ops.backends.triton_interpreter()
+
+
 @pytest.mark.parametrize("op", sorted(OPS))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS + (["triton"] if INTERPRETED else []))
 def test_fullgraph_compile_equals_eager(op, backend):
     torch._dynamo.reset()
     fn = OPS[op](backend)
     t, s, m, ct, cs = _inputs()
+    if backend == "triton":  # the Triton kernels (here under the interpreter) take fp32/fp16/bf16
+        t, s, ct, cs = (x.detach().float().requires_grad_(x.requires_grad) for x in (t, s, ct, cs))
     eager = fn(t, s, m, ct, cs)
     g_eager = torch.autograd.grad(eager, [s, cs], allow_unused=True)
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(t, s, m, ct, cs)
@@ -56,12 +62,19 @@ def test_inductor_compiles_around_the_cpp_op():
                                atol=1e-7)
 
 
-@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="the C++ extension is not built")
-def test_opcheck_of_the_cpp_custom_ops():
+FUSED_CPU = [b for b in ("cpp", "triton") if b in CPU_BACKENDS or (b == "triton" and INTERPRETED)]
+
+
+@pytest.mark.parametrize("backend", FUSED_CPU)
+def test_opcheck_of_the_fused_custom_ops(backend):
+    """Each op's one custom op, per backend of its table (triton: under the interpreter, on CPU tensors):
+    schema, fake shapes, autograd registration."""
     t, s, m, ct, cs = _inputs(2)
+    dtype = torch.float32 if backend == "triton" else torch.float64  # the Triton kernels take no fp64
+    t, s, cs = t.to(dtype), s.detach().to(dtype).requires_grad_(), cs.detach().to(dtype)
     ops = torch.ops.mlkd_fast
-    torch.library.opcheck(ops.relation_kl_cpp.default, (t, s, 3, m))
-    torch.library.opcheck(ops.relation_kl_cpp.default, (t, s, 3, None))
-    anchors = torch.nn.functional.normalize(torch.cat([cs, cs.detach() + 1]), dim=1).detach().requires_grad_()
+    torch.library.opcheck(ops.relation_kl_fused.default, (t, s, 3, m, backend))
+    torch.library.opcheck(ops.relation_kl_fused.default, (t, s, 3, None, backend))
+    anchors = torch.nn.functional.normalize(torch.cat([cs, cs + 1]), dim=1).detach().requires_grad_()
     ids = torch.tensor([0, 1, 0, 1, 2, 2] * 2)
-    torch.library.opcheck(ops.sample_contrastive_cpp.default, (anchors, ids, 10.0, 0.5))
+    torch.library.opcheck(ops.sample_contrastive_fused.default, (anchors, ids, 10.0, 0.5, backend))
