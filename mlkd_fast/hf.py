@@ -12,6 +12,8 @@ saved in each checkpoint beside the student), DDP, `push_to_hub`. The loss is th
 (train/stage.py); no loss is written twice. What differs from `mlkd_fast.distill`: the two stages share
 TrainingArguments' one optimiser and lr schedule (distill gives stage 1 a constant lr and restarts the
 schedule for stage 2), and under DDP the sample relations (L_SS, L_SC) span each device's batch.
+Question answering: a *ForQuestionAnswering teacher and student; span predictions and the SQuAD scores are
+the user's compute_metrics (as with Trainer), or `mlkd_fast.evaluate` on the saved student.
 """
 from __future__ import annotations
 
@@ -28,14 +30,14 @@ try:
     import accelerate  # noqa: F401 -- transformers.Trainer needs it; say so here, in one line
 except ImportError as e:  # pragma: no cover - the test extra installs it
     raise ImportError("mlkd_fast.hf.MLKDTrainer needs accelerate: pip install 'mlkd_fast[hf]'") from e
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 from transformers.trainer_utils import get_last_checkpoint
 
 from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import backends
 from mlkd_fast.train.atomic import write_bytes
 from mlkd_fast.train.config import DistillConfig
-from mlkd_fast.train.models import check_classifier
+from mlkd_fast.train.models import check_head, is_qa_model
 from mlkd_fast.train.stage import DistillSetup, StageObjective, checked_config, plan_terms
 
 PROJECTIONS_FILE = "mlkd_projections.pt"
@@ -44,7 +46,9 @@ PROJECTIONS_FILE = "mlkd_projections.pt"
 class MLKDTrainer(transformers.Trainer):
     """A `transformers.Trainer` whose loss is a distillation objective of `teacher` into `model` (the student).
 
-    teacher: a fine-tuned classifier with the student's labels and vocabulary (frozen here).
+    teacher: a fine-tuned classifier with the student's labels and vocabulary (frozen here), or a fine-tuned
+        question-answering model for a *ForQuestionAnswering student (the batches then carry start_positions
+        and end_positions, as Hugging Face's QA preprocessing makes them).
     distill_config: the objective, its weights, temperatures, `splits` and recipe choices (DistillConfig;
         its epochs, lr, batch size and precision are TrainingArguments' business here and are ignored).
     stage1_fraction: the share of the training steps spent on stage 1 (default: the config's
@@ -63,10 +67,14 @@ class MLKDTrainer(transformers.Trainer):
         cfg = checked_config(distill_config, name="distill_config")
         if not isinstance(teacher, nn.Module) or teacher is self.model:
             raise InputTypeError("teacher must be a model other than the student (model=)")
-        num_labels = check_classifier(teacher, "teacher", None)
-        check_classifier(self.model, "student (model=)", num_labels)
+        num_labels = check_head(teacher, "teacher")
+        self._qa = is_qa_model(teacher)  # question answering: start/end logits and answer positions
+        if is_qa_model(self.model) != self._qa:
+            raise InputError(f"the teacher is a {type(teacher).__name__} but the student (model=) a "
+                             f"{type(self.model).__name__}: both need the same kind of head")
+        check_head(self.model, "student (model=)", None, num_labels)
         self.stage1_fraction = _stage1_fraction(cfg, cfg.objective_stages, stage1_fraction)
-        self.teacher, self.distill_config, self._regression = teacher, cfg, num_labels == 1
+        self.teacher, self.distill_config, self._regression = teacher, cfg, num_labels == 1 and not self._qa
         self._backend = backends.resolve(backend, self.args.device)
         self._term_sums: Dict[str, float] = {}
         self._term_count = 0
@@ -81,7 +89,7 @@ class MLKDTrainer(transformers.Trainer):
     def _set_up(self, student: nn.Module) -> None:
         """The objectives and fresh projections for `student` (again for each model model_init gives)."""
         cfg = self.distill_config
-        plan, term_settings = plan_terms(self.teacher, student, cfg, cfg.objective_stages)
+        plan, term_settings = plan_terms(self.teacher, student, cfg, cfg.objective_stages, qa=self._qa)
         setup = DistillSetup.build(self.teacher, student, cfg, plan, term_settings, self.args.device, self._backend,
                                    self._regression)
         self.projections = setup.projections
@@ -104,8 +112,10 @@ class MLKDTrainer(transformers.Trainer):
         return 1 if self.state.global_step < round(self.stage1_fraction * self.state.max_steps) else 2
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        if "labels" not in inputs:
-            raise InputError("MLKDTrainer needs a 'labels' column (hard-label and contrastive terms read it)")
+        needed = ("start_positions", "end_positions") if self._qa else ("labels",)
+        if any(k not in inputs for k in needed):
+            raise InputError(f"MLKDTrainer needs the column(s) {list(needed)} (the hard-label terms read them; "
+                             f"the batch has {sorted(inputs)})")
         if not model.training:  # evaluation: eval_loss is the student's own hard-label loss, the same in every
             outputs = model(**inputs)  # stage, so that metric_for_best_model="loss" compares like with like
             return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -116,7 +126,12 @@ class MLKDTrainer(transformers.Trainer):
             for name, value in terms.items():
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + value
             self._term_count, self._term_stage = self._term_count + 1, stage
-        return (loss, SequenceClassifierOutput(loss=loss, logits=features.logits)) if return_outputs else loss
+        if not return_outputs:
+            return loss
+        if self._qa:
+            return loss, QuestionAnsweringModelOutput(loss=loss, start_logits=features.start_logits,
+                                                      end_logits=features.end_logits)
+        return loss, SequenceClassifierOutput(loss=loss, logits=features.logits)
 
     def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
         """Adds each loss term's mean since the last log, and the stage, to the training logs."""

@@ -214,3 +214,37 @@ def test_model_init_gives_each_run_a_fresh_student_and_fresh_projections(tmp_pat
         runs.append((id(trainer.projections), {k: v.clone() for k, v in trainer.model.state_dict().items()}))
     assert runs[0][0] != runs[1][0]  # new projections for the new student
     assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())  # same seed, same run
+
+
+def test_question_answering_distils_both_stages(tmp_path):
+    """A *ForQuestionAnswering teacher and student: both stages run on batches with answer positions, every term
+    is finite, the hard-label eval loss is the student's own span loss, and a classifier student is refused."""
+    import datasets
+    from transformers import BertForQuestionAnswering, DataCollatorWithPadding, PreTrainedTokenizerFast
+
+    from tiny_bert import tiny_config
+
+    torch.manual_seed(0)
+    teacher = BertForQuestionAnswering(tiny_config(layers=4, hidden=32, heads=4))
+    torch.manual_seed(1)
+    student = build_student(teacher, 2, num_heads=2)
+    assert type(student).__name__ == "BertForQuestionAnswering"
+    rows = tokenized_dataset(24, min_len=10, max_len=12).to_dict()
+    g = torch.Generator().manual_seed(0)
+    starts = torch.randint(1, 5, (24,), generator=g)
+    rows.update(start_positions=starts.tolist(), end_positions=(starts + torch.randint(0, 4, (24,), generator=g)).tolist())
+    rows.pop("labels")
+    train = datasets.Dataset.from_dict(rows)
+    tok = PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(), pad_token="[PAD]")
+    trainer = MLKDTrainer(model=student, teacher=teacher, args=_args(tmp_path / "qa", save_strategy="no"),
+                          train_dataset=train, eval_dataset=train.select(range(8)), data_collator=DataCollatorWithPadding(tok),
+                          distill_config=DistillConfig(splits=4, stage1_epochs=1, stage2_epochs=1))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "mlkd/stage" in h]
+    assert {h["mlkd/stage"] for h in logs} == {1, 2}
+    assert {"mlkd/ss", "mlkd/kd"} <= set(logs[-1]) and all(math.isfinite(v) for h in logs for k, v in h.items()
+                                                           if k.startswith("mlkd/"))
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
+    with pytest.raises(Exception, match="same kind of head"):
+        MLKDTrainer(model=tiny_bert(layers=2, hidden=32, heads=4), teacher=teacher, args=_args(tmp_path / "bad"),
+                    train_dataset=train)
