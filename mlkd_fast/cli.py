@@ -29,7 +29,7 @@ from mlkd_fast.train.config import (
     renamed_to_terms,
 )
 from mlkd_fast.train.distributed import leave_process_group
-from mlkd_fast.train.models import _looks_like_hub_id, hub_offline
+from mlkd_fast.train.models import hub_offline, looks_like_hub_id
 from mlkd_fast.train.rundir import check_output_dir
 from mlkd_fast.version import __version__
 
@@ -115,11 +115,12 @@ def _term_settings(pairs: Sequence[str]) -> Dict[str, Dict[str, Any]]:
         term, dot, setting = key.partition(".")
         if not sep or not dot or not term or not setting:
             raise InputError(f"--set {pair!r}: expected TERM.SETTING=VALUE, e.g. kd.temperature=2")
-        out.setdefault(term, {})[setting] = _scalar(pair, value)
+        out.setdefault(term, {})[setting] = parse_setting_value(pair, value)
     return out
 
 
-def _scalar(pair: str, text: str):
+def parse_setting_value(pair: str, text: str):
+    """The value of a --set pair: an int, a float (2e-4 too, which YAML 1.1 reads as a string), else YAML."""
     import yaml
 
     for kind in (int, float):
@@ -470,7 +471,7 @@ def cmd_general_distill(args) -> int:
     flags = GENERAL_FLAGS
     cfg = _train_config(DistillConfig, args, section, flags)
     teacher_dir = args.teacher or pretrained_teacher_dir()
-    if not os.path.isdir(teacher_dir) and (not _looks_like_hub_id(teacher_dir) or hub_offline()):
+    if not os.path.isdir(teacher_dir) and (not looks_like_hub_id(teacher_dir) or hub_offline()):
         raise InputError(f"--teacher directory {teacher_dir!r} does not exist"
                          + (" (HF_HUB_OFFLINE is set: the hub is not asked)" if hub_offline() else ""))
     check_output_dir(args.output_dir)
@@ -502,7 +503,7 @@ def cmd_evaluate(args) -> int:
     opts = {k: EVALUATE_DEFAULTS.get(k) if v is None else v for k, v in opts.items()}
     for m in args.model:
         if not os.path.isdir(m):
-            if not _looks_like_hub_id(m):
+            if not looks_like_hub_id(m):
                 raise InputError(f"--model directory {m!r} does not exist")
     if opts["threads"] is not None and (isinstance(opts["threads"], bool) or not isinstance(opts["threads"], int)
                                         or opts["threads"] < 1):
@@ -565,7 +566,7 @@ def _print_table(rows) -> None:
     lines = [head]
     for r in rows:
         line = [r["model"], f"{r['parameters'] / 1e6:.2f}", f"{r['parameters_without_embeddings'] / 1e6:.2f}"]
-        line += [f"{100 * r[k]:.2f}" for k in metric_keys]
+        line += [_percent(float(r[k])) for k in metric_keys]
         if retention:  # a metric of 0 (e.g. MCC of a constant predictor) has no meaningful retention
             line += [f"{100 * r[k] / rows[0][k]:.1f}" if rows[0][k] else "-" for k in metric_keys]
         if "latency_ms_per_batch" in r:

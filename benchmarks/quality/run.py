@@ -28,6 +28,7 @@ import hostinfo  # noqa: E402
 import resultfile  # noqa: E402
 
 from mlkd_fast import build_student, distill, evaluate, finetune, load_for_task  # noqa: E402
+from mlkd_fast.cli import parse_setting_value  # noqa: E402
 from mlkd_fast.data import get_task, load_glue_split  # noqa: E402
 from mlkd_fast.train.config import OBJECTIVES, DistillConfig, FinetuneConfig, config_from_dict  # noqa: E402
 from mlkd_fast.train.atomic import save_json  # noqa: E402
@@ -84,7 +85,7 @@ def overrides(pairs) -> dict:
         if "=" not in pair:
             raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE")
         key, value = pair.split("=", 1)
-        value = yaml.safe_load(value)
+        value = parse_setting_value(pair, value)  # the CLI's reading: 2e-4 is a number, not YAML 1.1's string
         if "." in key:
             outer, inner = key.split(".", 1)
             out.setdefault(outer, {})[inner] = value

@@ -20,7 +20,7 @@ import os
 import re
 import string
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -214,19 +214,13 @@ class QAPredictions:
     nbest: Dict[str, List[Dict]]
     null_odds: Dict[str, float]
 
-    def write(self, folder: str, version_2: bool) -> List[str]:
-        """predictions.json, nbest_predictions.json and (v2.0) null_odds.json, the reference scripts' files;
-        returns their paths."""
+    def files(self, version_2: bool) -> Dict[str, Any]:
+        """The reference scripts' files, name -> JSON object: predictions.json, nbest_predictions.json and
+        (v2.0) null_odds.json (written by train/evaluate.py, atomically)."""
         files = {"predictions.json": self.text, "nbest_predictions.json": self.nbest}
         if version_2:
             files["null_odds.json"] = self.null_odds
-        os.makedirs(folder, exist_ok=True)
-        for name, obj in files.items():  # each written beside and renamed into place: never half a file
-            tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=2, ensure_ascii=False)
-            os.replace(tmp, os.path.join(folder, name))
-        return [os.path.join(folder, name) for name in files]
+        return files
 
 
 def span_predictions(examples, windows, start_logits: np.ndarray, end_logits: np.ndarray, *, version_2: bool,

@@ -54,22 +54,34 @@ def _outputs(model: nn.Module, ds, batch_size: int, device: torch.device, collat
 
 
 def evaluate_model(model: nn.Module, ds, task, batch_size: int, device: torch.device, pad_token_id: int = 0,
-                   spans: Optional[Dict] = None, predictions_dir: Optional[str] = None) -> Dict[str, float]:
+                   spans: Optional[Dict] = None, predictions_dir: Optional[str] = None,
+                   keep_predictions: Optional[list] = None) -> Dict[str, float]:
     """The task's metrics on a dev set: a tokenised dataset, or a squad.QADev (the official scores). For question
-    answering, `spans` holds span_predictions' options (n_best, max_answer_length, null_threshold) and
-    `predictions_dir`, when given, receives the reference scripts' prediction files."""
+    answering, `spans` holds span_predictions' options (n_best, max_answer_length, null_threshold),
+    `predictions_dir`, when given, receives the reference scripts' prediction files, and `keep_predictions`, a
+    list, receives what write_predictions needs (the training loop writes only a kept model's)."""
     if isinstance(ds, QADev):
         start, end = predict_spans(model, ds.windows, batch_size, device, pad_token_id)
         version_2 = bool(task is not None and task.version_2)
         found = span_predictions(ds.examples, ds.windows, start, end, version_2=version_2, **(spans or {}))
         metrics = squad_metrics(found.text, ds.examples, version_2=version_2,
                                 null_odds=found.null_odds if version_2 else None)
-        if predictions_dir is not None:  # the files the official scripts read, and what they would print
-            found.write(predictions_dir, version_2)
-            save_json(os.path.join(predictions_dir, "eval.json"), official_json(metrics))
+        if predictions_dir is not None:
+            write_predictions(predictions_dir, found, version_2, metrics)
+        if keep_predictions is not None:
+            keep_predictions.append((found, version_2, metrics))
         return metrics
     logits, labels = predict(model, ds, batch_size, device, pad_token_id)
     return compute_metrics(task, logits, labels)
+
+
+def write_predictions(folder: str, found, version_2: bool, metrics: Dict[str, float]) -> None:
+    """The files the official SQuAD scripts read (predictions.json, nbest_predictions.json, v2.0 null_odds.json)
+    and eval.json, what they would print; each written whole or not at all."""
+    os.makedirs(folder, exist_ok=True)
+    for name, obj in found.files(version_2).items():
+        save_json(os.path.join(folder, name), obj)
+    save_json(os.path.join(folder, "eval.json"), official_json(metrics))
 
 
 @torch.no_grad()

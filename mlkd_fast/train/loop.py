@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -35,7 +34,7 @@ from mlkd_fast.errors import DivergenceError, RunInterrupted
 from mlkd_fast.train import checkpoint
 from mlkd_fast.train.atomic import save_json, save_model_atomic
 from mlkd_fast.train.distributed import SINGLE, Dist
-from mlkd_fast.train.evaluate import evaluate_model
+from mlkd_fast.train.evaluate import evaluate_model, write_predictions
 from mlkd_fast.train.logs import MetricLogger, progress_bar
 from mlkd_fast.train.precision import Precision
 
@@ -116,6 +115,7 @@ class Run:
     extra_modules: Dict[str, nn.Module] = field(default_factory=dict)  # trained beside the model (projections)
     dist: Dist = SINGLE  # the ranks of a data-parallel run; rank 0 alone writes files
     amp: Any = None  # precision.Precision of the step; fp32 (no autocast) when None
+    last_predictions: Any = None  # question answering: the last evaluation's span predictions (not checkpointed)
 
     def __post_init__(self):
         if self.amp is None:
@@ -392,23 +392,20 @@ def _end_epoch(run: Run, phase: Phase, state: RunState, epoch: int, logger: Metr
 
 
 def _dev_metrics(run: Run) -> Optional[Dict[str, float]]:
-    """Rank 0 evaluates on the dev set; every rank gets its metrics (None without dev data)."""
-    metrics = None
+    """Rank 0 evaluates on the dev set; every rank gets its metrics (None without dev data). Question answering:
+    the span predictions are held (run.last_predictions) until _keep_if_best writes the kept model's."""
+    metrics, held = None, [] if isinstance(run.dev, QADev) else None
     if run.dev is not None and run.dist.is_main:
         metrics = evaluate_model(run.model, run.dev, run.task, run.config.eval_batch_size, run.device,
-                                 run.collate.pad_token_id, predictions_dir=_last_predictions(run))
+                                 run.collate.pad_token_id, keep_predictions=held)
+    run.last_predictions = held[0] if held else None
     return run.dist.broadcast_object(metrics)  # (evaluation restores the model's training mode itself)
-
-
-def _last_predictions(run: Run) -> Optional[str]:
-    """Question answering: each evaluation writes the reference scripts' prediction files here; the kept model's
-    become <output_dir>/predictions (_keep_if_best)."""
-    return os.path.join(run.output_dir, "predictions.last") if isinstance(run.dev, QADev) else None
 
 
 def _keep_if_best(run: Run, phase: Phase, state: RunState, record: Dict[str, Any]) -> None:
     """In the model-choosing phase, save the model when its dev metric beats the kept one (without dev
-    data, the latest is kept)."""
+    data, the latest is kept); question answering: its predictions in the reference scripts' files, in
+    <output_dir>/predictions."""
     if not phase.keep_best:
         return
     value = record["metrics"][run.metric] if run.dev is not None else None
@@ -416,11 +413,8 @@ def _keep_if_best(run: Run, phase: Phase, state: RunState, record: Dict[str, Any
         state.best = {"value": value, **_where(phase, record["epoch"] - 1), "step": record["step"]}
         if run.dist.is_main:
             save_model_atomic(run.model, run.model_dir, run.tokenizer)
-            last = _last_predictions(run)
-            if last is not None and os.path.isdir(last):  # the kept model's predictions.json etc.
-                kept = os.path.join(run.output_dir, "predictions")
-                shutil.rmtree(kept, ignore_errors=True)
-                shutil.copytree(last, kept)
+            if run.last_predictions is not None:
+                write_predictions(os.path.join(run.output_dir, "predictions"), *run.last_predictions)
 
 
 def _where(phase: Phase, epoch: int) -> Dict[str, int]:

@@ -37,7 +37,7 @@ def load_for_task(model_dir, num_labels: Optional[int] = None, require_head: boo
     if not isinstance(model_dir, (str, os.PathLike)):
         raise InputTypeError(f"{role} must be a model directory or a hub id, got {type(model_dir).__name__}")
     model_dir = os.fspath(model_dir)
-    if not os.path.isdir(model_dir) and not _looks_like_hub_id(model_dir):
+    if not os.path.isdir(model_dir) and not looks_like_hub_id(model_dir):
         raise InputError(f"{role} directory {model_dir!r} does not exist")
     if not os.path.isdir(model_dir) and hub_offline():
         raise InputError(f"{role} {model_dir!r} is neither a local directory nor a model the hub gave (HF_HUB_OFFLINE "
@@ -98,7 +98,7 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _looks_like_hub_id(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
     """'bert-base-uncased' or 'org/name': no path separators beyond one, not a path that starts like one."""
     return (bool(name) and not name.startswith((".", "/", "~")) and name.count("/") <= 1 and os.sep == "/"
             and all(part and all(c.isalnum() or c in "-_." for c in part) for part in name.split("/")))
