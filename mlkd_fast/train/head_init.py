@@ -59,10 +59,14 @@ def _evaluating(*models: nn.Module):
 
 def attention_probs(model: nn.Module, batch: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
     """Per layer, the heads' attention maps softmax(QK^T/sqrt(d) + mask), (B, H, L, L), without dropout."""
-    heads = encoder_layout(model).heads
     with _evaluating(model):
         feats = capture_features(model, batch, qkv=True)
-    keys = batch["attention_mask"].bool()[:, None, None, :]
+    return _maps(feats, encoder_layout(model).heads, batch["attention_mask"])
+
+
+def _maps(feats, heads: int, attention_mask: torch.Tensor) -> List[torch.Tensor]:
+    """The attention maps of captured Q/K features (Features.qkv), per layer (B, H, L, L)."""
+    keys = attention_mask.bool()[:, None, None, :]
     maps = []
     for q, k, _ in feats.qkv:
         q, k = split_heads(q.float(), heads), split_heads(k.float(), heads)
@@ -238,10 +242,12 @@ def attention_gap(teacher: nn.Module, student: nn.Module, batches: Iterable[Dict
     its merged heads' maps; relative error |O_s - O_t| / |O_t| of the MHA output that W^O reads)."""
     kl_sum = rel_sum = tokens = 0.0
     for batch in batches:
-        t_maps, s_maps = attention_probs(teacher, batch), attention_probs(student, batch)
-        with _evaluating(teacher, student):
-            t_out = capture_features(teacher, batch, mha=True).mha
-            s_out = capture_features(student, batch, mha=True).mha
+        with _evaluating(teacher, student):  # one forward per model: its Q/K (the maps) and MHA outputs
+            t_feats = capture_features(teacher, batch, mha=True, qkv=True)
+            s_feats = capture_features(student, batch, mha=True, qkv=True)
+        t_maps = _maps(t_feats, encoder_layout(teacher).heads, batch["attention_mask"])
+        s_maps = _maps(s_feats, encoder_layout(student).heads, batch["attention_mask"])
+        t_out, s_out = t_feats.mha, s_feats.mha
         queries = batch["attention_mask"].float()
         for n, m in enumerate(mapping, start=1):
             s_map = s_maps[n - 1]
