@@ -34,6 +34,7 @@ VERDICT_START, VERDICT_END = "<!-- quality-verdict:start -->", "<!-- quality-ver
 HEADS_START, HEADS_END = "<!-- quality-heads:start -->", "<!-- quality-heads:end -->"
 # the verdict block holds the tasks whose lr grid is complete; this one every task (lr 5e-5-only ones marked)
 ALL_VERDICT_START, ALL_VERDICT_END = "<!-- quality-verdict-all:start -->", "<!-- quality-verdict-all:end -->"
+STARTS_START, STARTS_END = "<!-- quality-starts:start -->", "<!-- quality-starts:end -->"
 BASE_LR = 5e-5  # grid.yaml's distill learning_rate: the lr of a plain row (variant = the objective)
 # the lr grid, the same for every objective, doubled on past the edge while an objective's best is at it
 LR_GRID = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
@@ -330,15 +331,22 @@ def _md_table(lines: List[Dict[str, str]]) -> List[str]:
             + ["| " + " | ".join(line.get(c, "") for c in cols) + " |" for line in lines])
 
 
+def starts_markdown(rows) -> str:
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        starts = starts_table(rows, task)
+        if starts:
+            out.append(f"**{get_task(task).folder}, starts for 4 heads** (MLKD at its best lr, the grid budget)\n")
+            out += _md_table(starts) + [""]
+    return "\n".join(out)
+
+
 def heads_markdown(rows, results_dir: str) -> str:
     out = []
     latency = heads_latency(results_dir, rows[0]["cpu_model"])
     for task in dict.fromkeys(r["task"] for r in rows):
-        starts, heads, budget = starts_table(rows, task), heads_table(rows, task, latency), budget_table(rows, task)
+        heads, budget = heads_table(rows, task, latency), budget_table(rows, task)
         folder = get_task(task).folder
-        if starts:
-            out.append(f"**{folder}, starts for 4 heads** (MLKD at its best lr, the grid budget)\n")
-            out += _md_table(starts) + [""]
         if any(line["heads"] != "12" for line in heads):
             out.append(f"**{folder}, heads** (each objective at its best lr, the grid budget; fewer heads start "
                        "`grouped`; latency: benchmark_heads_latency.py, 3L-384 student, sdpa, L=128)\n")
@@ -480,7 +488,7 @@ def main(argv=None) -> int:
     paths = sorted(glob.glob(os.path.join(args.dir, "quality_*.csv")))
     if not paths:
         raise SystemExit(f"no quality_*.csv in {args.dir}: run benchmarks/quality/run.py first")
-    tables, verdicts, all_verdicts, heads_parts = [], [], [], []
+    tables, verdicts, all_verdicts, heads_parts, starts_parts = [], [], [], [], []
     for path in paths:
         machine = os.path.basename(path)[len("quality_"):-len(".csv")]
         rows = resultfile.read_csv(path)
@@ -492,7 +500,7 @@ def main(argv=None) -> int:
         table += markdown(summarise(rows))
         base = path[: -len(".csv")]
         with open(base + ".md", "w") as f:
-            f.write("\n".join(part for part in (verdict, heads, table) if part))
+            f.write("\n".join(part for part in (verdict, starts_markdown(rows), heads, table) if part))
         plot(rows, base + ".png")
         if plot_heads(rows, heads_latency(args.dir, rows[0]["cpu_model"]), base + "_heads.png"):
             heads += f"\n![accuracy against latency by head count]({os.path.relpath(base + '_heads.png', HERE_ROOT)})\n"
@@ -501,12 +509,14 @@ def main(argv=None) -> int:
         verdicts.append(verdict_markdown(rows, graded_only=True))
         all_verdicts.append(verdict)
         heads_parts.append(heads)
+        starts_parts.append(starts_markdown(rows))
     for readme in args.readme:
         with open(readme) as f:
             text = f.read()
         blocks = [(START, END, "\n".join(tables)), (VERDICT_START, VERDICT_END, "\n".join(v for v in verdicts if v)),
                   (HEADS_START, HEADS_END, "\n".join(h for h in heads_parts if h)),
-                  (ALL_VERDICT_START, ALL_VERDICT_END, "\n".join(v for v in all_verdicts if v))]
+                  (ALL_VERDICT_START, ALL_VERDICT_END, "\n".join(v for v in all_verdicts if v)),
+                  (STARTS_START, STARTS_END, "\n".join(p for p in starts_parts if p))]
         present = [(a, b, body) for a, b, body in blocks if a in text and b in text]
         if not present:
             raise SystemExit(f"{readme} has none of the blocks {[b[0] for b in blocks]} to replace")
