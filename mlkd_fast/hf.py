@@ -37,6 +37,7 @@ from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.ops import backends
 from mlkd_fast.train.atomic import write_bytes
 from mlkd_fast.train.config import DistillConfig
+from mlkd_fast.train.loop import numbers
 from mlkd_fast.train.models import check_head, is_qa_model
 from mlkd_fast.train.stage import DistillSetup, StageObjective, checked_config, plan_terms
 
@@ -76,7 +77,7 @@ class MLKDTrainer(transformers.Trainer):
         self.stage1_fraction = _stage1_fraction(cfg, cfg.objective_stages, stage1_fraction)
         self.teacher, self.distill_config, self._regression = teacher, cfg, num_labels == 1 and not self._qa
         self._backend = backends.resolve(backend, self.args.device)
-        self._term_sums: Dict[str, float] = {}
+        self._term_sums: Dict[str, torch.Tensor] = {}
         self._term_count = 0
         # Trainer zeroes the student's gradients after each optimiser step; the projections are not part of
         # the student, so theirs are zeroed here (at the same point, also after a step fp16 skipped)
@@ -123,8 +124,8 @@ class MLKDTrainer(transformers.Trainer):
         stage = self.current_stage()
         loss, terms, features = self.objectives[stage](self.teacher, student, inputs, call=model)
         if model.training:
-            for name, value in terms.items():
-                self._term_sums[name] = self._term_sums.get(name, 0.0) + value
+            for name, value in terms.items():  # summed on the device; read when logged
+                self._term_sums[name] = self._term_sums.get(name, 0.0) + value.double()
             self._term_count, self._term_stage = self._term_count + 1, stage
         if not return_outputs:
             return loss
@@ -136,7 +137,7 @@ class MLKDTrainer(transformers.Trainer):
     def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
         """Adds each loss term's mean since the last log, and the stage, to the training logs."""
         if self._term_count and "loss" in logs:
-            logs.update({f"mlkd/{k}": v / self._term_count for k, v in self._term_sums.items()})
+            logs.update({f"mlkd/{k}": v / self._term_count for k, v in numbers(self._term_sums).items()})
             logs["mlkd/stage"] = self._term_stage
             self._term_sums, self._term_count = {}, 0
         super().log(logs, *args, **kwargs)

@@ -334,12 +334,22 @@ def _accumulate(run: Run, phase: Phase, batch, state: RunState, epoch: int, stop
         with run.amp.autocast():
             loss, terms = phase.step(part)
         # the global values of the terms (this rank's shares averaged over ranks), and the stop flags of all ranks
-        terms, stops = run.dist.mean(dict(terms, loss=float(loss.detach())), extra=float(stop.received is not None))
+        terms, stops = run.dist.mean(numbers(dict(terms, loss=loss.detach())), extra=float(stop.received is not None))
         _check_finite("loss", terms["loss"], terms, phase, state, epoch)
         run.amp.backward(loss / accum if accum > 1 else loss)
         for k, v in terms.items():
             total[k] = total.get(k, 0.0) + v / accum if accum > 1 else v
     return total, stops
+
+
+def numbers(values: Dict[str, Any]) -> Dict[str, float]:
+    """A step's loss values (0-dim tensors or numbers) as Python floats, read from the device in one go (one
+    host sync per step, whatever the number of terms)."""
+    keys = [k for k, v in values.items() if torch.is_tensor(v)]
+    if not keys:
+        return dict(values)
+    read = torch.stack([values[k].double() for k in keys]).tolist()
+    return {**values, **dict(zip(keys, read))}
 
 
 class StopSignals:

@@ -449,18 +449,19 @@ def self_attention_relation_loss(t: Features, s: Features, ctx: LossContext, opt
 def stage_loss(
     weights: Mapping[str, float], teacher: Features, student: Features, ctx: LossContext,
     settings: Optional[Mapping[str, TermSettings]] = None,
-) -> Tuple[torch.Tensor, Dict[str, float]]:
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """sum_name weights[name] * TERMS[name], each with its settings (defaults where `settings` has none);
     terms with weight 0 are skipped.
 
-    Returns the total (for backward) and each term's value (for logging).
+    Returns the total (for backward) and each term's value (for logging) as a detached 0-dim tensor: nothing
+    here waits for the device; the loop reads all of a step's values at once (one host sync).
     """
     unknown = sorted(set(weights) - set(TERMS))
     if unknown:
         raise InputError(f"unknown loss term(s) {unknown}; registered: {sorted(TERMS)}")
     settings = settings or {}
     total = None
-    values: Dict[str, float] = {}
+    values: Dict[str, torch.Tensor] = {}
     for name, w in weights.items():
         if w == 0:
             continue
@@ -472,7 +473,7 @@ def stage_loss(
         share = ctx.shares.get(unit, 1.0)
         if share != 1.0:  # data parallel: this rank's part of the global mean
             term = term * share
-        values[name] = float(term.detach())
+        values[name] = term.detach()
         total = w * term if total is None else total + w * term
     if total is None:
         raise InputError("every loss weight is 0: nothing to optimise")

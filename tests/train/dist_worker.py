@@ -38,6 +38,7 @@ def loss_and_grads(t, s, mask, labels, dist_, relations, rows=slice(None)):
                       dist=dist_, shares=shares, relations=relations)
     weights = {"emb": 1.0, "mha": 1.0, "ffn": 1.0, "ss": 1.0, "sc": 1.0, "kd": 1.0}
     loss, terms = stage_loss(weights, tf, sf, ctx)
+    terms = {k: float(v) for k, v in terms.items()}
     loss.backward()
     return terms, [x.grad for x in leaves]
 

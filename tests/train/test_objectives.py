@@ -8,6 +8,12 @@ from mlkd_fast.train.features import Features
 from mlkd_fast.train.layer_map import resolve_layer_map, uniform_layer_map
 
 
+def _numbers(result):
+    """stage_loss's values are 0-dim tensors: as floats for the comparisons."""
+    total, terms = result
+    return total, {k: float(v) for k, v in terms.items()}
+
+
 def features(B, L, D, layers, C, seed):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
@@ -43,7 +49,7 @@ def test_layer_maps():
 def test_stage1_is_the_weighted_sum_of_its_terms():
     t, s = features(3, 6, 12, 4, 2, 0), features(3, 6, 8, 2, 2, 1)
     ctx = context(3, 6, 8, 12, 2, (2, 4), splits=4, backend="torch")
-    total, terms = losses.stage_loss(losses.stage_weights(1, {"mha": 0.5, "ffn": 2.0}), t, s, ctx)
+    total, terms = _numbers(losses.stage_loss(losses.stage_weights(1, {"mha": 0.5, "ffn": 2.0}), t, s, ctx))
     assert set(terms) == {"emb", "mha", "ffn"}
     assert total.item() == pytest.approx(terms["emb"] + 0.5 * terms["mha"] + 2.0 * terms["ffn"], rel=1e-12)
     # The MHA term is the sum over mapped layer pairs of relation_kl.
@@ -56,7 +62,7 @@ def test_stage1_is_the_weighted_sum_of_its_terms():
 def test_stage1_hidden_mse_uses_projection_and_mask():
     t, s = features(3, 6, 12, 4, 2, 0), features(3, 6, 8, 2, 2, 1)
     ctx = context(3, 6, 8, 12, 2, (2, 4), splits=4)
-    _, terms = losses.stage_loss({"ffn": 1.0}, t, s, ctx)
+    _, terms = _numbers(losses.stage_loss({"ffn": 1.0}, t, s, ctx))
     m = ctx.mask
     want = 0.0
     for n, tm in enumerate((0, 2, 4)):
@@ -70,7 +76,7 @@ def test_stage2_terms_and_regression_variant():
     t, s = features(3, 5, 12, 2, 3, 2), features(3, 5, 8, 1, 3, 3)
     labels = torch.tensor([0, 2, 0])
     ctx = context(3, 5, 8, 12, 1, (2,), labels=labels, backend="torch")
-    total, terms = losses.stage_loss(losses.stage_weights(2), t, s, ctx)
+    total, terms = _numbers(losses.stage_loss(losses.stage_weights(2), t, s, ctx))
     assert set(terms) == {"ss", "sc", "kd"}
     assert terms["ss"] == pytest.approx(mf.sample_relation_kl(t.cls, s.cls).item(), rel=1e-12)
     z = ctx.projections.contrastive(s.cls)
@@ -80,7 +86,7 @@ def test_stage2_terms_and_regression_variant():
 
     t1, s1 = features(3, 5, 12, 2, 1, 4), features(3, 5, 8, 1, 1, 5)
     reg = context(3, 5, 8, 12, 1, (2,), labels=None, is_regression=True)  # positives: the other view only
-    _, terms = losses.stage_loss({"sc": 1.0, "kd": 1.0}, t1, s1, reg)
+    _, terms = _numbers(losses.stage_loss({"sc": 1.0, "kd": 1.0}, t1, s1, reg))
     z = reg.projections.contrastive(s1.cls)
     assert terms["sc"] == pytest.approx(mf.sample_contrastive(t1.cls, z, None).item(), rel=1e-12)
     assert terms["kd"] == pytest.approx(float(((t1.logits - s1.logits) ** 2).mean()), rel=1e-12)
