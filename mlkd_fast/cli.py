@@ -35,7 +35,8 @@ from mlkd_fast.version import __version__
 
 STUDENT_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "init", "head_init")
 EVALUATE_KEYS = ("batch_size", "max_seq_length", "latency_batches", "device", "threads")
-TOP_KEYS = ("task", "data_dir", "train_file", "dev_file", "hf_dataset", "squad_held_out_articles", "split_seed", "stages", "finetune", "distill", "general",
+TOP_KEYS = ("task", "data_dir", "train_file", "dev_file", "hf_dataset", "squad_held_out_articles", "split_seed",
+            "squad_held_out_file", "stages", "finetune", "distill", "general",
             "student", "evaluate")
 
 
@@ -58,6 +59,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="SQuAD with one file: --train-file's articles split, K of them (drawn with --split-seed) "
                         "held out as the dev set, the rest trained on")
     g.add_argument("--split-seed", type=int, help="the draw of --squad-held-out-articles (default 0)")
+    g.add_argument("--squad-held-out-file", metavar="PATH",
+                   help="write the held-out articles here as a SQuAD file, the dataset file the official "
+                        "evaluation script takes with the written predictions.json")
     p.add_argument("--config", help="YAML or JSON config file")
 
 
@@ -311,7 +315,9 @@ def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
         held_out = _pick(args, file, "squad_held_out_articles")
         if held_out is not None:
             return _split_squad(train_file or dev_file, dev_file if train_file else None, held_out,
-                                _pick(args, file, "split_seed", 0), need_train)
+                                _pick(args, file, "split_seed", 0), need_train, _pick(args, file, "squad_held_out_file"))
+        if _pick(args, file, "squad_held_out_file"):
+            raise InputError("--squad-held-out-file writes the articles --squad-held-out-articles holds out: give both")
         return _load_squad(spec, data_dir, train_file, dev_file, hub, need_train)
     if data_dir:
         train = load_glue_split(task, data_dir, "train") if need_train else None
@@ -328,15 +334,21 @@ def _load_data(args, file: Dict[str, Any], task: str, need_train: bool):
     return train, dev
 
 
-def _split_squad(path, other, held_out: int, seed: int, need_train: bool):
-    """One SQuAD file split by article (data/squad.split_by_article): (train or None, held-out dev)."""
-    from mlkd_fast.data.squad import read_squad_json, split_by_article
+def _split_squad(path, other, held_out: int, seed: int, need_train: bool, held_out_file: Optional[str] = None):
+    """One SQuAD file split by article (data/squad.split_by_article): (train or None, held-out dev); the held-out
+    articles also written as a SQuAD file when asked (for the official evaluation script)."""
+    from mlkd_fast.data.squad import held_out_articles, read_squad_json, split_by_article, squad_subset
+    from mlkd_fast.train.atomic import save_json
 
     if not path or other:
         raise InputError("--squad-held-out-articles splits one file: give it as --train-file (or --dev-file) alone")
-    train, dev = split_by_article(read_squad_json(path), held_out, seed)
+    examples = read_squad_json(path)
+    train, dev = split_by_article(examples, held_out, seed)
     print(f"mlkd-fast: {path}: {len(train)} questions to train on, {len(dev)} on {held_out} held-out articles "
           f"(split seed {seed})", file=sys.stderr)
+    if held_out_file:
+        save_json(held_out_file, squad_subset(path, held_out_articles(examples, held_out, seed)))
+        print(f"mlkd-fast: held-out articles written to {held_out_file}", file=sys.stderr)
     return (train if need_train else None), dev
 
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tiny_bert import tiny_config, tiny_tokenizer, write_mrpc
+from tiny_bert import WORDS, tiny_config, tiny_tokenizer, write_mrpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(REPO, "benchmarks", "quality", "run.py")
@@ -47,6 +47,55 @@ def test_one_row_end_to_end_on_tiny_models(tmp_path):
     assert "not rerun" in again.stdout and len(list(csv.DictReader(open(results)))) == 2
     bad = _run(RUN, "--objective", "mlkd", "--task", "mrpc", "--set", "splits=4", check=False)
     assert bad.returncode != 0 and "--variant" in bad.stderr
+
+
+def _squad_articles(path, articles=12, seed=0):
+    """A SQuAD v1.1 file of `articles` one-paragraph articles, 3 questions each, answers inside the context."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    data = []
+    for a in range(articles):
+        words = [str(w) for w in rng.choice(WORDS, size=16)]
+        qas = []
+        for q in range(3):
+            i = int(rng.integers(0, 14))
+            qas.append({"id": f"a{a}q{q}", "question": " ".join(rng.choice(WORDS, size=3)),
+                        "answers": [{"text": " ".join(words[i:i + 2]), "answer_start": len(" ".join(words[:i])) + (i > 0)}]})
+        data.append({"title": f"article {a}", "paragraphs": [{"context": " ".join(words), "qas": qas}]})
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return str(path)
+
+
+def test_a_squad_row_on_one_file_split_by_article(tmp_path):
+    """--task squad: grid.yaml's article split of one file (10 held out), teacher and student trained on the rest,
+    the row's EM/F1 those of the official v1.1 script on the written held-out file and predictions.json."""
+    import json
+
+    import official_squad_eval
+    from transformers import BertModel
+
+    pretrained = tmp_path / "pretrained"
+    config = tiny_config(layers=6, hidden=32, heads=4)
+    config.max_position_embeddings = 512  # room for grid.yaml's 256-token SQuAD windows
+    BertModel(config).save_pretrained(pretrained)
+    tiny_tokenizer(str(pretrained)).save_pretrained(pretrained)
+    squad = _squad_articles(tmp_path / "squad.json")
+    results, runs = tmp_path / "quality.csv", tmp_path / "runs"
+    _run(RUN, "--task", "squad", "--objective", "kd", "--squad-file", squad, "--teacher-model", str(pretrained),
+         "--runs-dir", str(runs), "--results", str(results), "--heads", "4")
+    (row,) = list(csv.DictReader(open(results)))
+    assert (row["task"], row["metric"], row["split"]) == ("squad", "f1", "squad.json: 10 held-out articles, split seed 0")
+    held = json.load(open(runs / "squad" / "held_out.json"))["data"]
+    assert len(held) == 10 and row["precision"] == "bf16" and row["teacher_cache"] == "no"
+    predictions = runs / "squad" / "kd_h4_s42" / "eval" / "predictions.json"
+    assert sorted(json.load(open(predictions))) == sorted(q["id"] for a in held for p in a["paragraphs"] for q in p["qas"])
+    official = official_squad_eval.main([str(runs / "squad" / "held_out.json"), str(predictions)])
+    assert abs(official["f1"] - 100 * float(row["dev_f1"])) < 1e-2
+    assert abs(official["exact_match"] - 100 * float(row["dev_exact_match"])) < 1e-2
+    assert row["teacher_f1"] and row["teacher_exact_match"]
 
 
 def _row(task, variant, seed, main, value, teacher, objective=None, **kw):

@@ -63,18 +63,32 @@ def read_squad_json(path: str):
     return datasets.Dataset.from_dict(rows)
 
 
-def split_by_article(examples, held_out: int, seed: int):
-    """(train, held-out) examples of one SQuAD file split by article: `held_out` articles, drawn with `seed`, on
-    the held-out side, every other article on the training side; no article (so no paragraph) on both."""
+def held_out_articles(examples, held_out: int, seed: int) -> List[int]:
+    """The article numbers (positions in the file's `data` list) that split_by_article holds out, sorted."""
     if "article" not in examples.column_names:
         raise InputError("splitting by article needs the examples of one SQuAD JSON file (read_squad_json)")
     articles = sorted(set(examples["article"]))
     if not 0 < held_out < len(articles):
         raise InputError(f"held-out articles must be in 1..{len(articles) - 1} (the file has {len(articles)}), "
                          f"got {held_out}")
-    chosen = set(np.random.default_rng(seed).choice(articles, size=held_out, replace=False).tolist())
+    return sorted(np.random.default_rng(seed).choice(articles, size=held_out, replace=False).tolist())
+
+
+def split_by_article(examples, held_out: int, seed: int):
+    """(train, held-out) examples of one SQuAD file split by article: `held_out` articles, drawn with `seed`, on
+    the held-out side, every other article on the training side; no article (so no paragraph) on both."""
+    chosen = set(held_out_articles(examples, held_out, seed))
     keep = np.array([a in chosen for a in examples["article"]])
     return examples.select(np.flatnonzero(~keep)), examples.select(np.flatnonzero(keep))
+
+
+def squad_subset(path: str, articles) -> Dict[str, Any]:
+    """The SQuAD JSON object of `path` with only the given articles (numbers as in held_out_articles), in file
+    order: the dataset file the official evaluation scripts take for a held-out split."""
+    with open(path, encoding="utf-8") as f:
+        whole = json.load(f)
+    wanted = set(int(a) for a in articles)
+    return dict(whole, data=[a for i, a in enumerate(whole["data"]) if i in wanted])
 
 
 def load_squad_split(source: str, split: str, version_2: bool):
@@ -366,5 +380,6 @@ def _best_threshold(ids, predictions, scores, null_odds, has_answer):
     return best / len(ids), thresh
 
 
-__all__ = ["WINDOW", "QADev", "QAPredictions", "span_predictions", "split_by_article", "official_json", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
+__all__ = ["WINDOW", "QADev", "QAPredictions", "span_predictions", "split_by_article", "held_out_articles",
+           "squad_subset", "official_json", "window_sizes", "prepare_qa", "read_squad_json", "load_squad_split", "qa_windows", "best_answers", "normalize_answer",
            "squad_metrics"]

@@ -129,3 +129,50 @@ def test_official_v2_scores_and_has_answer_split():
     assert (m["HasAns_total"], m["NoAns_total"]) == (2, 1)  # by having answers, not by what they normalise to
     assert m["HasAns_f1"] == pytest.approx((want["a"][1] + want["c"][1]) / 2) and m["NoAns_f1"] == 1.0
     assert m["HasAns_f1"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def _squad_file(path, questions):
+    """A SQuAD file of one paragraph per (id, answers) pair, the answers placed in their own context."""
+    paragraphs = []
+    for qid, answers in questions:
+        context = " ".join(answers) + " and more words here" if answers else "nothing to find here"
+        starts, at = [], 0
+        for a in answers:
+            starts.append(context.index(a, at))
+            at = starts[-1] + len(a)
+        paragraphs.append({"context": context, "qas": [{"id": qid, "question": "q?", "is_impossible": not answers,
+                                                         "answers": [{"text": a, "answer_start": s}
+                                                                     for a, s in zip(answers, starts)]}]})
+    path.write_text(json.dumps({"version": "x", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return str(path)
+
+
+@pytest.mark.parametrize("version_2", [False, True])
+def test_library_scores_equal_the_official_scripts_on_written_files(tmp_path, version_2):
+    """The edge cases of the issue: a gold that normalises to "" ("The"), an empty prediction, several golds,
+    punctuation and articles; v2.0 adds questions without answers, and the null-odds threshold search."""
+    import official_squad_eval
+
+    from mlkd_fast.data.squad import official_json
+
+    questions = [("a", ["a cat sat", "dog"]), ("b", ["The"]), ("c", ["red"]), ("d", ["The big one", "big"]),
+                 ("e", ["blue sky"])] + ([("f", []), ("g", [])] if version_2 else [])
+    preds = {"a": "the cat", "b": "", "c": "red!", "d": "an", "e": "sky blue", "f": "", "g": "x"}
+    preds = {q: preds[q] for q, _ in questions}
+    odds = {"a": -1.0, "b": 2.0, "c": -3.0, "d": 0.5, "e": 0.1, "f": 4.0, "g": -0.2}
+    dataset = _squad_file(tmp_path / "data.json", questions)
+    (tmp_path / "pred.json").write_text(json.dumps(preds))
+    (tmp_path / "odds.json").write_text(json.dumps({q: odds[q] for q in preds}))
+    args = [dataset, str(tmp_path / "pred.json")] + (["--v2"] if version_2 else [])
+    want = official_squad_eval.main(args)
+    ours = official_json(squad_metrics(preds, read_squad_json(dataset), version_2=version_2,
+                                       null_odds={q: odds[q] for q in preds} if version_2 else None))
+    assert {k: ours[k] for k in want} == pytest.approx(want)
+    assert set(want) <= set(ours)
+    if version_2:  # the threshold search reads the null odds (the scores as they are otherwise)
+        best = official_squad_eval.main(args + ["--na-prob-file", str(tmp_path / "odds.json")])
+        assert {k: ours[k] for k in best if k.startswith("best")} == pytest.approx(
+            {k: v for k, v in best.items() if k.startswith("best")})
+        assert (ours["HasAns_total"], ours["NoAns_total"]) == (5, 2)
+    else:  # "b": "" against the gold "The" scores F1 0 under v1.1 (EM 1), F1 1 under v2.0
+        assert want["f1"] == pytest.approx(100 * (2 / 3 + 0 + 1 + 0 + 1) / 5)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import official_squad_eval
 from tiny_bert import WORDS, one_thread, tiny_config, tiny_tokenizer  # noqa: F401 (fixture)
 
 from mlkd_fast import DistillConfig, FinetuneConfig, build_student, distill, finetune
@@ -143,6 +144,14 @@ def test_evaluate_writes_the_reference_files_and_squad_length_defaults(tmp_path,
         assert (out / "null_odds.json").exists() == version_2
         metrics = json.load(open(tmp_path / f"m{version_2}.json"))["results"][0]
         official = json.load(open(out / "eval.json"))  # as the official script prints it: percent
+        # the official scripts' logic (restated in tests/official_squad_eval.py) on the written files
+        script = official_squad_eval.main([dev, str(out / "predictions.json")] + (["--v2"] if version_2 else []))
+        assert {k: official[k] for k in script} == pytest.approx(script)
+        if version_2:
+            thresholds = official_squad_eval.main([dev, str(out / "predictions.json"), "--v2", "--na-prob-file",
+                                                   str(out / "null_odds.json")])
+            assert {k: official[k] for k in thresholds if k.startswith("best")} == pytest.approx(
+                {k: v for k, v in thresholds.items() if k.startswith("best")})
         if version_2:
             assert {"exact", "f1", "best_exact", "best_f1", "best_f1_thresh"} <= set(metrics)
             assert official["f1"] == pytest.approx(100 * metrics["f1"]) and official["total"] == metrics["total"]
@@ -198,3 +207,15 @@ def test_one_squad_file_split_by_article(tmp_path, capsys):
                                       "--squad-held-out-articles", "2", "--split-seed", "7"])
     _, dev = _load_data(args, {}, "squad", need_train=False)
     assert dev["id"] == held["id"] and "6 on 2 held-out articles" in capsys.readouterr().err
+    # the held-out articles as a SQuAD file, for the official evaluation script
+    written = tmp_path / "held.json"
+    args = build_parser().parse_args(["evaluate", "--task", "squad", "--dev-file", str(path), "--model", "m",
+                                      "--squad-held-out-articles", "2", "--split-seed", "7",
+                                      "--squad-held-out-file", str(written)])
+    _load_data(args, {}, "squad", need_train=False)
+    assert sorted(read_squad_json(str(written))["id"]) == sorted(held["id"])
+    assert json.loads(written.read_text())["version"] == "1.1"
+    args = build_parser().parse_args(["evaluate", "--task", "squad", "--dev-file", str(path), "--model", "m",
+                                      "--squad-held-out-file", str(written)])
+    with pytest.raises(InputError, match="give both"):
+        _load_data(args, {}, "squad", need_train=False)
