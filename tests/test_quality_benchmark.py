@@ -95,7 +95,7 @@ def test_a_squad_row_on_one_file_split_by_article(tmp_path):
     official = official_squad_eval.main([str(runs / "squad" / "held_out.json"), str(predictions)])
     assert abs(official["f1"] - 100 * float(row["dev_f1"])) < 1e-2
     assert abs(official["exact_match"] - 100 * float(row["dev_exact_match"])) < 1e-2
-    assert row["teacher_f1"] and row["teacher_exact_match"]
+    assert row["teacher_f1"] and row["teacher_exact_match"] and row["learning_rate"] == "0.0001"
 
 
 def _row(task, variant, seed, main, value, teacher, objective=None, **kw):

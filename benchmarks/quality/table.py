@@ -28,13 +28,14 @@ from mlkd_fast.data import get_task  # noqa: E402
 # the metrics shown per task, the first is the one that chose the kept model
 TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("spearman", "pearson"), "cola": ("mcc",),
                 "rte": ("accuracy",), "sst-2": ("accuracy",), "qnli": ("accuracy",), "qqp": ("accuracy", "f1"),
-                "mnli": ("accuracy",)}
+                "mnli": ("accuracy",), "squad": ("f1", "exact_match"), "squad_v2": ("f1", "exact")}
 START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 VERDICT_START, VERDICT_END = "<!-- quality-verdict:start -->", "<!-- quality-verdict:end -->"
 HEADS_START, HEADS_END = "<!-- quality-heads:start -->", "<!-- quality-heads:end -->"
 # the verdict block holds the tasks whose lr grid is complete; this one every task (lr 5e-5-only ones marked)
 ALL_VERDICT_START, ALL_VERDICT_END = "<!-- quality-verdict-all:start -->", "<!-- quality-verdict-all:end -->"
 STARTS_START, STARTS_END = "<!-- quality-starts:start -->", "<!-- quality-starts:end -->"
+SQUAD_START, SQUAD_END = "<!-- quality-squad:start -->", "<!-- quality-squad:end -->"
 BASE_LR = 5e-5  # grid.yaml's distill learning_rate: the lr of a plain row (variant = the objective)
 # the lr grid, the same for every objective, doubled on past the edge while an objective's best is at it
 LR_GRID = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
@@ -361,6 +362,8 @@ def verdict_markdown(rows: List[Dict[str, str]], graded_only: bool = False) -> s
     """The best-lr table of each task; `graded_only`: only tasks where every objective ran the lr grid."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
+        if get_task(task).qa:  # question answering has its own table (one lr, its own split): squad_markdown
+            continue
         lines = best_lr_table(rows, task)
         if not lines or (graded_only and any("grid" in line.get("verdict", "") for line in lines)):
             continue
@@ -368,6 +371,34 @@ def verdict_markdown(rows: List[Dict[str, str]], graded_only: bool = False) -> s
         out.append(f"**{get_task(task).folder}**: every objective at its own best lr (AdamW, 12 heads, 3-epoch budget; "
                    "the lr chosen on seed 42, then seeds 43 and 44 at it)\n")
         out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "---|" * len(cols))
+        out += ["| " + " | ".join(line.get(c, "") for c in cols) + " |" for line in lines]
+        out.append("")
+    return "\n".join(out)
+
+
+def squad_markdown(rows: List[Dict[str, str]]) -> str:
+    """Question answering: the teacher and each student (plain rows) with the official EM/F1 on the held-out
+    articles, the split and the budget said once above the table."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows if get_task(r["task"]).qa):
+        task_rows = [r for r in rows if r["task"] == task and r["variant"] == r["objective"]]
+        if not task_rows:
+            continue
+        metrics = task_metrics(task, task_rows)
+        first = task_rows[0]
+        lines = [dict({"model": "teacher (6L-384, fine-tuned)", "seeds": ""},
+                      **{m: f"{100 * float(first[f'teacher_{m}']):.2f}" for m in metrics})]
+        for line in summarise(task_rows):
+            lines.append(dict({"model": f"{line['variant']} ({line['heads']}h, 3L-384)", "seeds": line["seeds"]},
+                              **{m: line[m] for m in metrics},
+                              **{k: line[k] for k in ("retention %", "params (M)", "ms / batch", "epochs (stage 1 + 2)",
+                                                      "wall (min)")}))
+        cols = list(dict.fromkeys(k for line in lines for k in line))
+        out.append(f"**{'SQuAD v2.0' if get_task(task).version_2 else 'SQuAD v1.1'}**, official scores on held-out "
+                   f"articles ({first.get('split', '')}; {first['precision']}, lr "
+                   f"{lr_text(float(first.get('learning_rate') or BASE_LR))}, the whole distillation in the wall time)\n")
+        out.append("| " + " | ".join(c.replace("exact_match", "EM").replace("f1", "F1") for c in cols) + " |")
         out.append("|" + "---|" * len(cols))
         out += ["| " + " | ".join(line.get(c, "") for c in cols) + " |" for line in lines]
         out.append("")
@@ -488,7 +519,7 @@ def main(argv=None) -> int:
     paths = sorted(glob.glob(os.path.join(args.dir, "quality_*.csv")))
     if not paths:
         raise SystemExit(f"no quality_*.csv in {args.dir}: run benchmarks/quality/run.py first")
-    tables, verdicts, all_verdicts, heads_parts, starts_parts = [], [], [], [], []
+    tables, verdicts, all_verdicts, heads_parts, starts_parts, squad_parts = [], [], [], [], [], []
     for path in paths:
         machine = os.path.basename(path)[len("quality_"):-len(".csv")]
         rows = resultfile.read_csv(path)
@@ -500,7 +531,8 @@ def main(argv=None) -> int:
         table += markdown(summarise(rows))
         base = path[: -len(".csv")]
         with open(base + ".md", "w") as f:
-            f.write("\n".join(part for part in (verdict, starts_markdown(rows), heads, table) if part))
+            f.write("\n".join(part for part in (verdict, starts_markdown(rows), heads, squad_markdown(rows), table)
+                              if part))
         plot(rows, base + ".png")
         if plot_heads(rows, heads_latency(args.dir, rows[0]["cpu_model"]), base + "_heads.png"):
             heads += f"\n![accuracy against latency by head count]({os.path.relpath(base + '_heads.png', HERE_ROOT)})\n"
@@ -510,13 +542,15 @@ def main(argv=None) -> int:
         all_verdicts.append(verdict)
         heads_parts.append(heads)
         starts_parts.append(starts_markdown(rows))
+        squad_parts.append(squad_markdown(rows))
     for readme in args.readme:
         with open(readme) as f:
             text = f.read()
         blocks = [(START, END, "\n".join(tables)), (VERDICT_START, VERDICT_END, "\n".join(v for v in verdicts if v)),
                   (HEADS_START, HEADS_END, "\n".join(h for h in heads_parts if h)),
                   (ALL_VERDICT_START, ALL_VERDICT_END, "\n".join(v for v in all_verdicts if v)),
-                  (STARTS_START, STARTS_END, "\n".join(p for p in starts_parts if p))]
+                  (STARTS_START, STARTS_END, "\n".join(p for p in starts_parts if p)),
+                  (SQUAD_START, SQUAD_END, "\n".join(p for p in squad_parts if p))]
         present = [(a, b, body) for a, b, body in blocks if a in text and b in text]
         if not present:
             raise SystemExit(f"{readme} has none of the blocks {[b[0] for b in blocks]} to replace")
