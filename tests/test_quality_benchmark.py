@@ -191,3 +191,27 @@ def test_heads_starts_and_budget_tables_pair_seeds_at_each_objectives_best_lr():
     assert budget[0]["3 epochs, fp32"].startswith("79.00 ± 1.41 (n=2)")
     assert budget[0]["3 epochs, bf16"] == "79.00 (n=1) [1 + 2]" and budget[0]["15 epochs, bf16"] == "81.00 (n=1) [1 + 14]"
     assert all(table._lr_of(r) is None for r in rows if r["precision"] == "bf16" or r["heads"] != "12")
+
+
+def test_squad_block_teacher_and_students(tmp_path):
+    split = "dev-v1.1.json: 10 held-out articles, split seed 0"
+    rows = [_row("squad", o, 42, "f1", f1, 0.60, objective=o, dev_exact_match=str(em), teacher_exact_match="0.50",
+                 split=split, precision="bf16", learning_rate="0.0001")
+            for o, f1, em in (("ft", 0.40, 0.30), ("mlkd", 0.45, 0.35))]
+    rows.append(_row("mrpc", "ft", 42, "accuracy", 0.7, 0.8, dev_f1="0.8", teacher_f1="0.85"))
+    path = tmp_path / "quality_cpu-2core.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
+        w.writeheader()
+        w.writerows(rows)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- quality-squad:start -->\n<!-- quality-squad:end -->\n"
+                      "<!-- quality-verdict:start -->\n<!-- quality-verdict:end -->\n")
+    _run(TABLE, "--dir", str(tmp_path), "--readme", str(readme))
+    text = readme.read_text()
+    squad = text[:text.index("<!-- quality-squad:end")]
+    assert "SQuAD v1.1" in squad and split in squad and "bf16, lr 1e-4" in squad and "| F1 | EM |" in squad
+    assert "| teacher (6L-384, fine-tuned) |  | 60.00 | 50.00 |" in squad
+    mlkd = next(line for line in squad.splitlines() if line.startswith("| mlkd"))
+    assert "| 45.00 | 35.00 | 75.0 |" in mlkd  # F1, EM, retention of the teacher's F1
+    assert "mlkd" not in text[text.index("quality-verdict:start"):]  # QA is not in the GLUE lr-grid verdicts
