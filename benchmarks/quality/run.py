@@ -116,6 +116,8 @@ def task_data(task: str, args, task_grid: dict, runs_dir: str):
     save_json(os.path.join(runs_dir, task, "held_out.json"),
               squad_subset(args.squad_file, held_out_articles(examples, k, seed)))
     split = f"{os.path.basename(args.squad_file)}: {k} held-out articles, split seed {seed}"
+    if task_grid.get("max_train_samples"):  # drawn by the run's seed (prepare.subset): the teacher's and the row's
+        split += f"; {task_grid['max_train_samples']} training questions drawn by the seed"
     return train, dev, split
 
 
