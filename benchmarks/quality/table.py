@@ -377,6 +377,9 @@ def verdict_markdown(rows: List[Dict[str, str]], graded_only: bool = False) -> s
     return "\n".join(out)
 
 
+QA_LABELS = {"f1": "F1", "exact_match": "EM", "exact": "EM"}  # the official scripts' keys as the table heads them
+
+
 def squad_markdown(rows: List[Dict[str, str]]) -> str:
     """Question answering: the teacher and each student (plain rows) with the official EM/F1 on the held-out
     articles, the split and the budget said once above the table."""
@@ -388,20 +391,16 @@ def squad_markdown(rows: List[Dict[str, str]]) -> str:
         metrics = task_metrics(task, task_rows)
         first = task_rows[0]
         lines = [dict({"model": "teacher (6L-384, fine-tuned)", "seeds": ""},
-                      **{m: f"{100 * float(first[f'teacher_{m}']):.2f}" for m in metrics})]
+                      **{QA_LABELS[m]: f"{100 * float(first[f'teacher_{m}']):.2f}" for m in metrics})]
         for line in summarise(task_rows):
-            lines.append(dict({"model": f"{line['variant']} ({line['heads']}h, 3L-384)", "seeds": line["seeds"]},
-                              **{m: line[m] for m in metrics},
+            lines.append(dict({"model": f"{line['variant']} ({line['heads']}h, {first['student']})", "seeds": line["seeds"]},
+                              **{QA_LABELS[m]: line[m] for m in metrics},
                               **{k: line[k] for k in ("retention %", "params (M)", "ms / batch", "epochs (stage 1 + 2)",
                                                       "wall (min)")}))
-        cols = list(dict.fromkeys(k for line in lines for k in line))
         out.append(f"**{'SQuAD v2.0' if get_task(task).version_2 else 'SQuAD v1.1'}**, official scores on held-out "
                    f"articles ({first.get('split', '')}; {first['precision']}, lr "
                    f"{lr_text(float(first.get('learning_rate') or BASE_LR))}, the whole distillation in the wall time)\n")
-        out.append("| " + " | ".join(c.replace("exact_match", "EM").replace("f1", "F1") for c in cols) + " |")
-        out.append("|" + "---|" * len(cols))
-        out += ["| " + " | ".join(line.get(c, "") for c in cols) + " |" for line in lines]
-        out.append("")
+        out += _md_table(lines) + [""]
     return "\n".join(out)
 
 
@@ -530,9 +529,9 @@ def main(argv=None) -> int:
         heads = heads_markdown(rows, args.dir)
         table += markdown(summarise(rows))
         base = path[: -len(".csv")]
+        starts, squad = starts_markdown(rows), squad_markdown(rows)
         with open(base + ".md", "w") as f:
-            f.write("\n".join(part for part in (verdict, starts_markdown(rows), heads, squad_markdown(rows), table)
-                              if part))
+            f.write("\n".join(part for part in (verdict, starts, heads, squad, table) if part))
         plot(rows, base + ".png")
         if plot_heads(rows, heads_latency(args.dir, rows[0]["cpu_model"]), base + "_heads.png"):
             heads += f"\n![accuracy against latency by head count]({os.path.relpath(base + '_heads.png', HERE_ROOT)})\n"
@@ -541,8 +540,8 @@ def main(argv=None) -> int:
         verdicts.append(verdict_markdown(rows, graded_only=True))
         all_verdicts.append(verdict)
         heads_parts.append(heads)
-        starts_parts.append(starts_markdown(rows))
-        squad_parts.append(squad_markdown(rows))
+        starts_parts.append(starts)
+        squad_parts.append(squad)
     for readme in args.readme:
         with open(readme) as f:
             text = f.read()
