@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from tiny_bert import WORDS, tiny_config, tiny_tokenizer, write_mrpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,14 +133,20 @@ def test_table_means_spreads_and_retention(tmp_path):
     assert (tmp_path / "quality_cpu-2core.png").stat().st_size > 0
 
 
-def test_best_lr_table_picks_each_objectives_lr_and_says_beats_only_beyond_the_spread():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_best_lr_table_picks_each_objectives_lr_and_says_beats_only_beyond_the_spread(precision, monkeypatch):
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     sys.path.insert(0, os.path.dirname(TABLE))
     import table
 
-    def row(objective, lr, seed, value):
-        variant, over = (objective, "") if lr == "5e-5" else (f"{objective}-lr{lr}", f"learning_rate={lr}")
-        return _row("cola", variant, seed, "mcc", value, 0.4, objective=objective, overrides=over)
+    monkeypatch.setitem(table.GRID_PRECISION, "cola", precision)  # the grid's precision is the task's (grid.yaml)
+
+    def row(objective, lr, seed, value, precision=precision):
+        if precision == "bf16":
+            variant, over = f"{objective}-lr{lr}+bf16", f"learning_rate={lr} precision=bf16"
+        else:
+            variant, over = (objective, "") if lr == "5e-5" else (f"{objective}-lr{lr}", f"learning_rate={lr}")
+        return _row("cola", variant, seed, "mcc", value, 0.4, objective=objective, overrides=over, precision=precision)
 
     rows = [row("ft", "5e-5", 42, 0.20), row("ft", "1e-4", 42, 0.25), row("ft", "2e-4", 42, 0.22),
             row("ft", "1e-4", 43, 0.24), row("ft", "1e-4", 44, 0.26),
@@ -147,7 +154,9 @@ def test_best_lr_table_picks_each_objectives_lr_and_says_beats_only_beyond_the_s
             row("kd", "4e-4", 42, 0.22), row("kd", "2e-4", 43, 0.21), row("kd", "2e-4", 44, 0.23),
             row("mlkd", "5e-5", 42, 0.30), row("mlkd", "1e-4", 42, 0.31), row("mlkd", "2e-4", 42, 0.29),
             row("mlkd", "1e-4", 43, 0.25), row("mlkd", "1e-4", 44, 0.27),
-            _row("cola", "mlkd-lr1.5e-4", 42, "mcc", 0.50, 0.4, objective="mlkd", overrides="learning_rate=1.5e-4")]
+            _row("cola", "mlkd-lr1.5e-4", 42, "mcc", 0.50, 0.4, objective="mlkd", overrides="learning_rate=1.5e-4"),
+            # a row in the other precision is out of this task's grid however well it scored
+            row("ft", "2e-4", 42, 0.90, precision={"fp32": "bf16", "bf16": "fp32"}[precision])]
     lines = {line["objective"]: line for line in table.best_lr_table(rows, "cola")}
     assert lines["ft"]["best lr"] == "1e-4" and lines["kd"]["best lr"] == "2e-4"  # tie 2e-4 / 4e-4: the first
     assert lines["mlkd"]["best lr"] == "1e-4"  # the off-grid 1.5e-4 row stays out of the grid

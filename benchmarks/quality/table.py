@@ -41,14 +41,16 @@ BASE_LR = 5e-5  # grid.yaml's distill learning_rate: the lr of a plain row (vari
 LR_GRID = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
 
 
-def _grid_epochs() -> Dict[str, int]:
+def _grid_tasks() -> Dict[str, dict]:
     import yaml
 
     with open(os.path.join(HERE, "grid.yaml")) as f:
-        return {task: spec["epochs"] for task, spec in yaml.safe_load(f)["tasks"].items()}
+        return yaml.safe_load(f)["tasks"]
 
 
-GRID_EPOCHS = _grid_epochs()  # task -> the budget of the lr grid (and of every row without --epochs)
+GRID_EPOCHS = {task: spec["epochs"] for task, spec in _grid_tasks().items()}  # the lr grid's budget (and rows'
+# without --epochs); the precision every row of a task's lr grid ran in (the rows choose it with --set)
+GRID_PRECISION = {task: spec.get("lr_grid_precision", "fp32") for task, spec in _grid_tasks().items()}
 
 
 def lr_text(lr: float) -> str:
@@ -142,9 +144,10 @@ def _short_budget(row: Dict[str, str]) -> bool:
 
 
 def _lr_of(row: Dict[str, str]):
-    """The learning rate of a row of the lr grid (12 heads, AdamW, fp32, the grid's budget), or None."""
+    """The learning rate of a row of the lr grid (12 heads, AdamW, the grid's precision and budget), or None."""
     fam = family(row)
-    if fam is None or row["heads"] != "12" or fam[2] != "concat" or fam[3] != "fp32" or not _short_budget(row):
+    if (fam is None or row["heads"] != "12" or fam[2] != "concat" or fam[3] != GRID_PRECISION.get(row["task"], "fp32")
+            or not _short_budget(row)):
         return None
     return fam[1]
 
@@ -221,9 +224,11 @@ def _cell(scores: Dict[int, float]) -> str:
     return f"{mean_std(list(scores.values()))} (n={len(scores)})" if scores else ""
 
 
-def _protocol_rows(rows, task: str, objective: str, lr: float, heads: int, head_init: str, precision="fp32",
+def _protocol_rows(rows, task: str, objective: str, lr: float, heads: int, head_init: str, precision=None,
                    short=True) -> List[Dict[str, str]]:
-    """The rows of one cell: the objective at its lr, heads, head start (12 heads: any), precision, budget."""
+    """The rows of one cell: the objective at its lr, heads, head start (12 heads: any), precision (default: the
+    task's grid precision), budget."""
+    precision = precision or GRID_PRECISION.get(task, "fp32")
     out = []
     for r in rows:
         fam = family(r)
@@ -368,8 +373,9 @@ def verdict_markdown(rows: List[Dict[str, str]], graded_only: bool = False) -> s
         if not lines or (graded_only and any("grid" in line.get("verdict", "") for line in lines)):
             continue
         cols = list(dict.fromkeys(k for line in lines for k in line))
-        out.append(f"**{get_task(task).folder}**: every objective at its own best lr (AdamW, 12 heads, 3-epoch budget; "
-                   "the lr chosen on seed 42, then seeds 43 and 44 at it)\n")
+        precision = {"fp32": "fp32", "bf16": "bf16 autocast"}[GRID_PRECISION.get(task, "fp32")]
+        out.append(f"**{get_task(task).folder}**: every objective at its own best lr (AdamW, 12 heads, "
+                   f"{GRID_EPOCHS[task]}-epoch budget, {precision}; the lr chosen on seed 42, then seeds 43 and 44 at it)\n")
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "---|" * len(cols))
         out += ["| " + " | ".join(line.get(c, "") for c in cols) + " |" for line in lines]
