@@ -224,3 +224,35 @@ def test_squad_block_teacher_and_students(tmp_path):
     mlkd = next(line for line in squad.splitlines() if line.startswith("| mlkd"))
     assert "| 45.00 | 35.00 | 75.0 |" in mlkd  # F1, EM, retention of the teacher's F1
     assert "mlkd" not in text[text.index("quality-verdict:start"):]  # QA is not in the GLUE lr-grid verdicts
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_protocol_prints_the_grid_then_the_edge_then_the_seeds(precision, monkeypatch):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    sys.path.insert(0, os.path.dirname(TABLE))
+    import protocol
+    import table
+
+    monkeypatch.setitem(table.GRID_PRECISION, "cola", precision)
+
+    def row(line, value):
+        """The row run.py would write for a printed line (variant and overrides as it records them)."""
+        args = line.split()
+        flag = lambda name: args[args.index(name) + 1] if name in args else None  # noqa: E731
+        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        return _row("cola", flag("--variant") or flag("--objective"), int(flag("--seed")), "mcc", value, 0.4,
+                    objective=flag("--objective"), overrides=" ".join(sets), precision=precision)
+
+    assert protocol.needed([], "cola", ["kd"]) == [protocol.row_args("cola", "kd", lr, 42) for lr in (5e-5, 1e-4, 2e-4)]
+    for lr in (5e-5, 1e-4, 2e-4):  # every printed line reads back as that lr of the grid
+        fam = table.family(row(protocol.row_args("cola", "kd", lr, 42), 0.2))
+        assert fam == ("kd", lr, "concat", precision)
+    grid = {5e-5: 0.20, 1e-4: 0.21, 2e-4: 0.25}  # best at the edge: 4e-4 next, no seeds yet
+    rows = [row(protocol.row_args("cola", "kd", lr, 42), v) for lr, v in grid.items()]
+    assert protocol.needed(rows, "cola", ["kd"]) == [protocol.row_args("cola", "kd", 4e-4, 42)]
+    rows.append(row(protocol.row_args("cola", "kd", 4e-4, 42), 0.24))  # now inside: seeds 43, 44 at 2e-4
+    rows.append(row(protocol.row_args("cola", "kd", 2e-4, 43), 0.24))
+    assert protocol.needed(rows, "cola", ["kd"]) == [protocol.row_args("cola", "kd", 2e-4, 44)]
+    assert "--set precision=bf16" in protocol.row_args("cola", "kd", 2e-4, 44) or precision == "fp32"
+    rows.append(row(protocol.row_args("cola", "kd", 2e-4, 44), 0.26))
+    assert protocol.needed(rows, "cola", ["kd"]) == []
