@@ -41,6 +41,7 @@ def test_one_row_end_to_end_on_tiny_models(tmp_path):
     # equal budgets in optimiser steps: 3 epochs of 24 rows in batches of 32
     assert kd["steps"] == mlkd["steps"] == "3" and (kd["stage1_epochs"], mlkd["stage1_epochs"]) == ("0", "1")
     assert 0 <= float(mlkd["dev_f1"]) <= 1 and mlkd["teacher_f1"] == kd["teacher_f1"] and mlkd["commit"]
+    assert (mlkd["teacher"], mlkd["student"]) == ("6L-32", "3L-32")  # the shapes of this row's models
     # both rows read the teacher's features from one cache under the runs folder (one per feature set)
     assert kd["teacher_cache"] == mlkd["teacher_cache"] == "yes"
     assert len(os.listdir(tmp_path / "runs" / "cache")) == 2
@@ -220,7 +221,13 @@ def test_squad_block_teacher_and_students(tmp_path):
     text = readme.read_text()
     squad = text[:text.index("<!-- quality-squad:end")]
     assert "SQuAD v1.1" in squad and split in squad and "bf16, lr 1e-4" in squad and "| F1 | EM |" in squad
-    assert "| teacher (6L-384, fine-tuned) |  | 60.00 | 50.00 |" in squad
+    assert "| teacher (6L-384, fine-tuned) |  | 60.00 | 50.00 |" in squad  # rows before the teacher column: the grid's
+    sys.path.insert(0, os.path.dirname(TABLE))
+    import table
+
+    for r in rows:
+        r["teacher"] = "4L-256"
+    assert "| teacher (4L-256, fine-tuned) |" in table.squad_markdown(rows)  # else the row's own teacher
     mlkd = next(line for line in squad.splitlines() if line.startswith("| mlkd"))
     assert "| 45.00 | 35.00 | 75.0 |" in mlkd  # F1, EM, retention of the teacher's F1
     assert "mlkd" not in text[text.index("quality-verdict:start"):]  # QA is not in the GLUE lr-grid verdicts

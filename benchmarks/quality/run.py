@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                       predictions_dir=os.path.join(out, "eval") if get_task(task).qa else None)
     metric = result.metric
     row = dict(key, objective=args.objective, overrides=" ".join(args.set), student=f"{student.config.num_hidden_layers}L-"
-               f"{student.config.hidden_size}",
+               f"{student.config.hidden_size}", teacher=f"{teacher.config.num_hidden_layers}L-{teacher.config.hidden_size}",
                student_from=os.path.relpath(args.student_dir, hostinfo.REPO_DIR) if args.student_dir else student_init,
                stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, learning_rate=f"{cfg.learning_rate:g}",
                teacher_cache="yes" if cfg.teacher_cache else "no", precision=cfg.precision, head_init=args.head_init or "concat",

@@ -36,6 +36,9 @@ HEADS_START, HEADS_END = "<!-- quality-heads:start -->", "<!-- quality-heads:end
 ALL_VERDICT_START, ALL_VERDICT_END = "<!-- quality-verdict-all:start -->", "<!-- quality-verdict-all:end -->"
 STARTS_START, STARTS_END = "<!-- quality-starts:start -->", "<!-- quality-starts:end -->"
 SQUAD_START, SQUAD_END = "<!-- quality-squad:start -->", "<!-- quality-squad:end -->"
+# the shape of grid.yaml's teacher (all-MiniLM-L6-v2): rows record their teacher's shape since the `teacher`
+# column came; every row before it ran this one (no queue passed --teacher-model)
+GRID_TEACHER_SHAPE = "6L-384"
 BASE_LR = 5e-5  # grid.yaml's distill learning_rate: the lr of a plain row (variant = the objective)
 # the lr grid, the same for every objective, doubled on past the edge while an objective's best is at it
 LR_GRID = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
@@ -396,7 +399,7 @@ def squad_markdown(rows: List[Dict[str, str]]) -> str:
             continue
         metrics = task_metrics(task, task_rows)
         first = task_rows[0]
-        lines = [dict({"model": "teacher (6L-384, fine-tuned)", "seeds": ""},
+        lines = [dict({"model": f"teacher ({first.get('teacher') or GRID_TEACHER_SHAPE}, fine-tuned)", "seeds": ""},
                       **{QA_LABELS[m]: f"{100 * float(first[f'teacher_{m}']):.2f}" for m in metrics})]
         for line in summarise(task_rows):
             lines.append(dict({"model": f"{line['variant']} ({line['heads']}h, {first['student']})", "seeds": line["seeds"]},
