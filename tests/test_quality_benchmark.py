@@ -257,6 +257,10 @@ def test_protocol_prints_the_grid_then_the_edge_then_the_seeds(precision, monkey
     grid = {5e-5: 0.20, 1e-4: 0.21, 2e-4: 0.25}  # best at the edge: 4e-4 next, no seeds yet
     rows = [row(protocol.row_args("cola", "kd", lr, 42), v) for lr, v in grid.items()]
     assert protocol.needed(rows, "cola", ["kd"]) == [protocol.row_args("cola", "kd", 4e-4, 42)]
+    rows += [dict(r, objective="mlkd", variant=r["variant"].replace("kd", "mlkd")) for r in rows]
+    (kd,) = [line for line in table.best_lr_table(rows, "cola") if line["objective"] == "kd"]
+    assert kd["verdict"] == "one seed: no verdict (best at the lr grid's edge: 4e-4 next)"  # the table says so too
+    rows = [r for r in rows if r["objective"] == "kd"]
     rows.append(row(protocol.row_args("cola", "kd", 4e-4, 42), 0.24))  # now inside: seeds 43, 44 at 2e-4
     rows.append(row(protocol.row_args("cola", "kd", 2e-4, 43), 0.24))
     assert protocol.needed(rows, "cola", ["kd"]) == [protocol.row_args("cola", "kd", 2e-4, 44)]

@@ -195,6 +195,9 @@ def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd"
             partial = sum(42 in v for v in by_lr.values()) < 3 or sum(42 in v for v in runs[reference].values()) < 3
             if len(common) < 2:
                 line["verdict"] = "one seed: no verdict"
+                edge = max(g for g in by_lr if 42 in by_lr[g])
+                if lr == edge and edge != LR_GRID[-1]:  # the protocol doubles on first (protocol.py)
+                    line["verdict"] += f" (best at the lr grid's edge: {lr_text(LR_GRID[LR_GRID.index(edge) + 1])} next)"
             elif mean_gap > spread:
                 line["verdict"] = f"{reference} beats {objective}"
             elif -mean_gap > spread:
