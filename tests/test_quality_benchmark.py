@@ -267,3 +267,20 @@ def test_protocol_prints_the_grid_then_the_edge_then_the_seeds(precision, monkey
     assert "--set precision=bf16" in protocol.row_args("cola", "kd", 2e-4, 44) or precision == "fp32"
     rows.append(row(protocol.row_args("cola", "kd", 2e-4, 44), 0.26))
     assert protocol.needed(rows, "cola", ["kd"]) == []
+
+
+def test_grid_best_doubles_on_only_while_the_best_is_at_the_top_of_what_ran():
+    sys.path.insert(0, os.path.dirname(TABLE))
+    import table
+
+    def by_lr(scores):
+        return {lr: {42: _row("cola", f"kd-lr{lr}", 42, "mcc", v, 0.4, objective="kd")} for lr, v in scores.items()}
+
+    assert table.grid_best({}, "cola") == (None, None)
+    assert table.grid_best(by_lr({5e-5: 0.2, 1e-4: 0.3, 2e-4: 0.1}), "cola") == (1e-4, None)  # inside: no more lrs
+    assert table.grid_best(by_lr({5e-5: 0.2, 1e-4: 0.3}), "cola") == (1e-4, 2e-4)  # at the top: the next doubled lr
+    assert table.grid_best(by_lr({1e-4: 0.2, 1.5e-4: 0.3}), "cola") == (1.5e-4, 2e-4)  # off the grid: the next one up
+    assert table.grid_best(by_lr({4e-4: 0.2, 8e-4: 0.3}), "cola") == (8e-4, None)  # the grid's end: seeds next
+    seeds_43 = by_lr({5e-5: 0.2, 1e-4: 0.3})
+    seeds_43[2e-4] = {43: _row("cola", "kd-lr2e-4", 43, "mcc", 0.9, 0.4, objective="kd")}
+    assert table.grid_best(seeds_43, "cola") == (1e-4, 2e-4)  # only seed 42 chooses the lr

@@ -37,24 +37,17 @@ def row_args(task: str, objective: str, lr: float, seed: int) -> str:
 
 def needed(rows: List[Dict[str, str]], task: str, objectives: List[str]) -> List[str]:
     """The queue lines the protocol needs next for `objectives` on `task`, given the rows already there."""
-    ran: Dict[str, Dict[float, Dict[int, Dict[str, str]]]] = {}
-    for r in rows:
-        lr = table._lr_of(r) if r["task"] == task else None
-        if lr is not None:
-            ran.setdefault(r["objective"], {}).setdefault(lr, {})[int(r["seed"])] = r
+    runs = table.grid_runs(rows, task)
     out = []
     for objective in objectives:
-        by_lr = ran.get(objective, {})
-        grid = {lr: seeds[42] for lr, seeds in by_lr.items() if 42 in seeds}
-        missing = [lr for lr in FIRST_GRID if lr not in grid]
+        by_lr = runs.get(objective, {})
+        missing = [lr for lr in FIRST_GRID if 42 not in by_lr.get(lr, {})]
         if missing:
             out += [row_args(task, objective, lr, 42) for lr in missing]
             continue
-        metrics = table.task_metrics(task, list(grid.values()))  # the main metric, then the second (table.py's)
-        best = max(grid, key=lambda lr: tuple(float(grid[lr][f"dev_{m}"]) for m in metrics))
-        top = max(grid)
-        if best == top and top != table.LR_GRID[-1]:  # at the edge: double on
-            out.append(row_args(task, objective, table.LR_GRID[table.LR_GRID.index(top) + 1], 42))
+        best, next_lr = table.grid_best(by_lr, task)
+        if next_lr is not None:  # the best is at the edge: double on
+            out.append(row_args(task, objective, next_lr, 42))
             continue
         out += [row_args(task, objective, best, s) for s in SEEDS if s not in by_lr[best]]
     return out

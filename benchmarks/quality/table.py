@@ -51,9 +51,10 @@ def _grid_tasks() -> Dict[str, dict]:
         return yaml.safe_load(f)["tasks"]
 
 
-GRID_EPOCHS = {task: spec["epochs"] for task, spec in _grid_tasks().items()}  # the lr grid's budget (and rows'
+_GRID_TASKS = _grid_tasks()
+GRID_EPOCHS = {task: spec["epochs"] for task, spec in _GRID_TASKS.items()}  # the lr grid's budget (and rows'
 # without --epochs); the precision every row of a task's lr grid ran in (the rows choose it with --set)
-GRID_PRECISION = {task: spec.get("lr_grid_precision", "fp32") for task, spec in _grid_tasks().items()}
+GRID_PRECISION = {task: spec.get("lr_grid_precision", "fp32") for task, spec in _GRID_TASKS.items()}
 
 
 def lr_text(lr: float) -> str:
@@ -155,6 +156,33 @@ def _lr_of(row: Dict[str, str]):
     return fam[1]
 
 
+GridRuns = Dict[str, Dict[float, Dict[int, Dict[str, str]]]]  # objective -> lr -> seed -> row
+
+
+def grid_runs(rows: List[Dict[str, str]], task: str) -> GridRuns:
+    """The lr-grid rows of `task` (see _lr_of) as objective -> lr -> seed -> row."""
+    runs: GridRuns = {}
+    for r in rows:
+        lr = _lr_of(r) if r["task"] == task else None
+        if lr is not None:
+            runs.setdefault(r["objective"], {}).setdefault(lr, {})[int(r["seed"])] = r
+    return runs
+
+
+def grid_best(by_lr: Dict[float, Dict[int, Dict[str, str]]], task: str):
+    """(best lr, next lr) of one objective's seed-42 grid: the best by the main metric, then the second; the next
+    is the doubled lr the protocol runs while the best is at the top of what ran (None once inside, or at
+    LR_GRID's end). (None, None) while seed 42 ran no lr."""
+    grid = {lr: seeds[42] for lr, seeds in by_lr.items() if 42 in seeds}
+    if not grid:
+        return None, None
+    metrics = task_metrics(task, list(grid.values()))
+    best = max(grid, key=lambda lr: tuple(float(grid[lr][f"dev_{m}"]) for m in metrics))
+    top = max(grid)
+    beyond = [lr for lr in LR_GRID if lr > top * (1 + 1e-9)]
+    return best, (beyond[0] if best == top and beyond else None)
+
+
 def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd") -> List[Dict[str, str]]:
     """Every objective at its own best lr of the seed-42 grid (main metric, then the second), its seeds at that
     lr as mean +- std, and the paired gap of `reference` minus it over the seeds both have, with the verdict:
@@ -164,15 +192,12 @@ def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd"
     if not task_rows:
         return []
     metrics = task_metrics(task, task_rows)
-    score = lambda r: tuple(100 * float(r[f"dev_{m}"]) for m in metrics)  # noqa: E731
-    runs: Dict[str, Dict[float, Dict[int, Dict[str, str]]]] = {}
-    for r in task_rows:
-        runs.setdefault(r["objective"], {}).setdefault(_lr_of(r), {})[int(r["seed"])] = r
-    best = {}
+    runs = grid_runs(task_rows, task)
+    best, next_lr = {}, {}
     for objective, by_lr in runs.items():
-        grid = {lr: seeds[42] for lr, seeds in by_lr.items() if 42 in seeds}
-        if grid:
-            best[objective] = max(grid, key=lambda lr: score(grid[lr]))
+        lr, next_lr[objective] = grid_best(by_lr, task)
+        if lr is not None:
+            best[objective] = lr
     main = metrics[0]
     ref = runs.get(reference, {}).get(best.get(reference), {})
     lines = []
@@ -195,9 +220,8 @@ def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd"
             partial = sum(42 in v for v in by_lr.values()) < 3 or sum(42 in v for v in runs[reference].values()) < 3
             if len(common) < 2:
                 line["verdict"] = "one seed: no verdict"
-                edge = max(g for g in by_lr if 42 in by_lr[g])
-                if lr == edge and edge != LR_GRID[-1]:  # the protocol doubles on first (protocol.py)
-                    line["verdict"] += f" (best at the lr grid's edge: {lr_text(LR_GRID[LR_GRID.index(edge) + 1])} next)"
+                if next_lr[objective] is not None:  # the protocol doubles on first (protocol.py)
+                    line["verdict"] += f" (best at the lr grid's edge: {lr_text(next_lr[objective])} next)"
             elif mean_gap > spread:
                 line["verdict"] = f"{reference} beats {objective}"
             elif -mean_gap > spread:
