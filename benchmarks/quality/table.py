@@ -188,11 +188,10 @@ def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd"
     lr as mean +- std, and the paired gap of `reference` minus it over the seeds both have, with the verdict:
     `reference` beats it / it beats `reference` only where the mean paired gap exceeds the larger of the two
     spreads (sample std over seeds), "level" otherwise."""
-    task_rows = [r for r in rows if r["task"] == task and _lr_of(r) is not None]
-    if not task_rows:
+    runs = grid_runs(rows, task)
+    if not runs:
         return []
-    metrics = task_metrics(task, task_rows)
-    runs = grid_runs(task_rows, task)
+    metrics = task_metrics(task, [r for by_lr in runs.values() for seeds in by_lr.values() for r in seeds.values()])
     best, next_lr = {}, {}
     for objective, by_lr in runs.items():
         lr, next_lr[objective] = grid_best(by_lr, task)
