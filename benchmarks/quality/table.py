@@ -26,9 +26,8 @@ import resultfile  # noqa: E402
 from mlkd_fast.data import get_task  # noqa: E402
 
 # the metrics shown per task, the first is the one that chose the kept model
-TASK_METRICS = {"mrpc": ("accuracy", "f1"), "sts-b": ("spearman", "pearson"), "cola": ("mcc",),
-                "rte": ("accuracy",), "sst-2": ("accuracy",), "qnli": ("accuracy",), "qqp": ("accuracy", "f1"),
-                "mnli": ("accuracy",), "squad": ("f1", "exact_match"), "squad_v2": ("f1", "exact")}
+# the metric shown after the task's model-selection one (TaskSpec.metric), for the tasks whose rows record two
+SECOND_METRIC = {"mrpc": "f1", "qqp": "f1", "sts-b": "pearson", "squad": "exact_match", "squad_v2": "exact"}
 START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 VERDICT_START, VERDICT_END = "<!-- quality-verdict:start -->", "<!-- quality-verdict:end -->"
 HEADS_START, HEADS_END = "<!-- quality-heads:start -->", "<!-- quality-heads:end -->"
@@ -84,9 +83,10 @@ def groups(rows: List[Dict[str, str]]) -> "OrderedDict[tuple, List[Dict[str, str
     return OrderedDict((k, found[k]) for k in keys)
 
 
-def task_metrics(task: str, rows: List[Dict[str, str]]) -> tuple:
-    """The metrics shown for a task, the model-selection one first; an unlisted task shows what its rows chose."""
-    return TASK_METRICS.get(task, (rows[0]["metric"],))
+def task_metrics(task: str) -> tuple:
+    """The metrics shown for a task: the model-selection one (the task's own), then its second if it has one."""
+    spec = get_task(task)
+    return (spec.metric,) + ((SECOND_METRIC[spec.name],) if spec.name in SECOND_METRIC else ())
 
 
 def mean_std(values: List[float]) -> str:
@@ -99,7 +99,7 @@ def summarise(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
     """One line per (task, variant, heads, budget)."""
     lines = []
     for (task, variant, heads, epochs), rs in groups(rows).items():
-        metrics = task_metrics(task, rs)
+        metrics = task_metrics(task)
         line = {"task": task, "variant": variant, "heads": str(heads), "seeds": str(len(rs))}
         for m in metrics:
             line[m] = mean_std([100 * float(r[f"dev_{m}"]) for r in rs])
@@ -176,7 +176,7 @@ def grid_best(by_lr: Dict[float, Dict[int, Dict[str, str]]], task: str):
     grid = {lr: seeds[42] for lr, seeds in by_lr.items() if 42 in seeds}
     if not grid:
         return None, None
-    metrics = task_metrics(task, list(grid.values()))
+    metrics = task_metrics(task)
     best = max(grid, key=lambda lr: tuple(float(grid[lr][f"dev_{m}"]) for m in metrics))
     top = max(grid)
     beyond = [lr for lr in LR_GRID if lr > top * (1 + 1e-9)]
@@ -191,7 +191,7 @@ def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd"
     runs = grid_runs(rows, task)
     if not runs:
         return []
-    metrics = task_metrics(task, [r for by_lr in runs.values() for seeds in by_lr.values() for r in seeds.values()])
+    metrics = task_metrics(task)
     best, next_lr = {}, {}
     for objective, by_lr in runs.items():
         lr, next_lr[objective] = grid_best(by_lr, task)
@@ -275,7 +275,7 @@ def starts_table(rows, task: str, heads: int = 4, objective: str = "mlkd") -> Li
     lr = best_lrs(rows, task).get(objective)
     if lr is None:
         return []
-    metrics = task_metrics(task, rows)
+    metrics = task_metrics(task)
     full = _scores(_protocol_rows(rows, task, objective, lr, 12, "concat"), metrics[0])
     lines = []
     for start in ("concat", "scaled", "grouped"):
@@ -308,7 +308,7 @@ def heads_table(rows, task: str, latency: Dict[int, float], start: str = "groupe
     """One line per head count: each objective at its best lr (12 heads: the lr rows; fewer: from `start`),
     the grid budget; the main metrics, MLKD - KD paired by seed, MLKD's loss against its 12 heads, latency."""
     lrs = best_lrs(rows, task)
-    metrics = task_metrics(task, rows)
+    metrics = task_metrics(task)
     main = metrics[0]
     cells = {(o, h): _protocol_rows(rows, task, o, lrs[o], h, start) for o in objectives if o in lrs
              for h in (12, 6, 4, 3)}
@@ -334,7 +334,7 @@ def budget_table(rows, task: str) -> List[Dict[str, str]]:
     """Per (objective, heads, start) that has rows at a longer budget: its main metric per budget and
     precision, each objective at its best lr."""
     lrs = best_lrs(rows, task)
-    main = task_metrics(task, rows)[0]
+    main = task_metrics(task)[0]
     configs, budgets = [], []
     for r in rows:
         fam = family(r)
@@ -423,7 +423,7 @@ def squad_markdown(rows: List[Dict[str, str]]) -> str:
         task_rows = [r for r in rows if r["task"] == task and r["variant"] == r["objective"]]
         if not task_rows:
             continue
-        metrics = task_metrics(task, task_rows)
+        metrics = task_metrics(task)
         first = task_rows[0]
         lines = [dict({"model": f"teacher ({first.get('teacher') or GRID_TEACHER_SHAPE}, fine-tuned)", "seeds": ""},
                       **{QA_LABELS[m]: f"{100 * float(first[f'teacher_{m}']):.2f}" for m in metrics})]
@@ -462,7 +462,7 @@ def plot(rows: List[Dict[str, str]], path: str) -> None:
 
     by_task: "OrderedDict[str, list]" = OrderedDict()
     for (task, variant, heads, _), rs in groups(rows).items():
-        main = task_metrics(task, rs)[0]
+        main = task_metrics(task)[0]
         vals = [100 * float(r[f"dev_{main}"]) for r in rs]
         by_task.setdefault(task, []).append((f"{variant} ({heads}h)", vals, rs[0]["objective"] == "mlkd"))
     sizes = [len(items) for items in by_task.values()]
@@ -470,7 +470,7 @@ def plot(rows: List[Dict[str, str]], path: str) -> None:
                              gridspec_kw={"height_ratios": [n + 2 for n in sizes]})
     for ax, (task, items) in zip(axes[:, 0], by_task.items()):
         task_rows = [r for r in rows if r["task"] == task]
-        main = task_metrics(task, task_rows)[0]
+        main = task_metrics(task)[0]
         y = list(range(len(items)))[::-1]  # first line on top, as in the table
         means = [statistics.mean(vals) for _, vals, _ in items]
         stds = [statistics.stdev(vals) if len(vals) > 1 else 0.0 for _, vals, _ in items]
@@ -496,7 +496,7 @@ def plot_heads(rows, latency: Dict[int, float], path: str, task: str = "mrpc", o
     """Accuracy (main metric) against measured latency, one line per objective through 12, 6, 4, 3 heads, the
     seeds' std as error bars. False (no file) where the latency or fewer-head rows are missing."""
     lrs = best_lrs(rows, task)
-    main = task_metrics(task, rows)[0]
+    main = task_metrics(task)[0]
     lines = {}
     for o in objectives:
         pts = []
