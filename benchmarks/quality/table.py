@@ -210,24 +210,14 @@ def best_lr_table(rows: List[Dict[str, str]], task: str, reference: str = "mlkd"
         for m in metrics:
             line[m] = mean_std([100 * float(r[f"dev_{m}"]) for r in seeds.values()])
         if objective != reference and ref:
-            common = sorted(set(seeds) & set(ref))
-            gaps = [100 * (float(ref[k][f"dev_{main}"]) - float(seeds[k][f"dev_{main}"])) for k in common]
-            spread = max((statistics.stdev(100 * float(r[f"dev_{main}"]) for r in group.values())
-                          for group in (seeds, ref) if len(group) > 1), default=0.0)
-            line[f"{reference} - it, paired ({main})"] = mean_std(gaps) + f" (n={len(common)})"
-            mean_gap = statistics.mean(gaps)
+            mine, theirs = _scores(seeds.values(), main), _scores(ref.values(), main)
+            line[f"{reference} - it, paired ({main})"] = _paired(theirs, mine)
+            line["verdict"] = verdict(reference, objective, theirs, mine)
             partial = sum(42 in v for v in by_lr.values()) < 3 or sum(42 in v for v in runs[reference].values()) < 3
-            if len(common) < 2:
-                line["verdict"] = "one seed: no verdict"
+            if len(set(mine) & set(theirs)) < 2:
                 if next_lr[objective] is not None:  # the protocol doubles on first (protocol.py)
                     line["verdict"] += f" (best at the lr grid's edge: {lr_text(next_lr[objective])} next)"
-            elif mean_gap > spread:
-                line["verdict"] = f"{reference} beats {objective}"
-            elif -mean_gap > spread:
-                line["verdict"] = f"{objective} beats {reference}"
-            else:
-                line["verdict"] = f"level (gap within the larger std {spread:.2f})"
-            if partial and len(common) >= 2:
+            elif partial:
                 line["verdict"] += " at 5e-5 only (lr grid not run)" if len(by_lr) == 1 else " (lr grid incomplete)"
         lines.append(line)
     return lines
@@ -237,6 +227,21 @@ def best_lrs(rows: List[Dict[str, str]], task: str) -> Dict[str, float]:
     """Each objective's best lr of the seed-42 grid of `task` (main metric, then the second)."""
     lines = best_lr_table(rows, task)
     return {line["objective"]: float(line["best lr"]) for line in lines}
+
+
+def verdict(a: str, b: str, sa: Dict[int, float], sb: Dict[int, float]) -> str:
+    """The rule of every verdict here: "a beats b" only where the mean of a - b, paired by seed, exceeds the
+    larger of the two spreads (sample std over each one's seeds); "level" otherwise; none from one seed."""
+    common = sorted(set(sa) & set(sb))
+    if len(common) < 2:
+        return "one seed: no verdict"
+    gap = statistics.mean(sa[k] - sb[k] for k in common)
+    spread = max((statistics.stdev(s.values()) for s in (sa, sb) if len(s) > 1), default=0.0)
+    if gap > spread:
+        return f"{a} beats {b}"
+    if -gap > spread:
+        return f"{b} beats {a}"
+    return f"level (gap within the larger std {spread:.2f})"
 
 
 def _paired(a: Dict[int, float], b: Dict[int, float]) -> str:
@@ -330,11 +335,10 @@ def heads_table(rows, task: str, latency: Dict[int, float], start: str = "groupe
     return lines
 
 
-def budget_table(rows, task: str) -> List[Dict[str, str]]:
-    """Per (objective, heads, start) that has rows at a longer budget: its main metric per budget and
-    precision, each objective at its best lr."""
+def budget_cells(rows, task: str) -> Dict[tuple, Dict[tuple, List[Dict[str, str]]]]:
+    """(objective, heads, start) -> (epochs, precision) -> rows, for every config that has rows at a longer
+    budget than the grid's, each objective at its best lr; configs and budgets in the order the rows ran."""
     lrs = best_lrs(rows, task)
-    main = task_metrics(task)[0]
     configs, budgets = [], []
     for r in rows:
         fam = family(r)
@@ -343,20 +347,61 @@ def budget_table(rows, task: str) -> List[Dict[str, str]]:
         config = (fam[0], int(r["heads"]), fam[2] if int(r["heads"]) < 12 else "concat")
         if not _short_budget(r) and config not in configs:
             configs.append(config)
-        budget = (int(r["epochs"]), f"{r['stage1_epochs']} + {r['stage2_epochs']}" if fam[0] not in ("ft", "kd")
-                  else f"{r['stage2_epochs']}", fam[3])
-        budgets.append(budget)
-    lines = []
+        budgets.append((int(r["epochs"]), fam[3]))
+    cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]] = {}
     for objective, heads, start in configs:
-        line = {"objective": objective, "heads": str(heads), "start": start if heads < 12 else "",
-                "lr": lr_text(lrs[objective])}
-        for epochs, precision in dict.fromkeys((b[0], b[2]) for b in budgets):
+        for epochs, precision in dict.fromkeys(budgets):
             rs = [r for r in _protocol_rows(rows, task, objective, lrs[objective], heads, start, precision,
                                             short=epochs == GRID_EPOCHS.get(task))
                   if int(r["epochs"]) == epochs]
-            split = rs[0]["stage1_epochs"] + " + " + rs[0]["stage2_epochs"] if rs else ""
+            if rs:
+                cells.setdefault((objective, heads, start), {})[(epochs, precision)] = rs
+    return cells
+
+
+def _config_text(config: tuple) -> str:
+    objective, heads, start = config
+    return f"{objective} {heads}h" + (f" {start}" if heads < 12 else "")
+
+
+def budget_table(rows, task: str) -> List[Dict[str, str]]:
+    """Per (objective, heads, start) that has rows at a longer budget: its main metric per budget and
+    precision, each objective at its best lr."""
+    lrs, main = best_lrs(rows, task), task_metrics(task)[0]
+    cells = budget_cells(rows, task)
+    budgets = list(dict.fromkeys(b for by_budget in cells.values() for b in by_budget))
+    lines = []
+    for (objective, heads, start), by_budget in cells.items():
+        line = {"objective": objective, "heads": str(heads), "start": start if heads < 12 else "",
+                "lr": lr_text(lrs[objective])}
+        for epochs, precision in budgets:
+            rs = by_budget.get((epochs, precision))
+            split = f"{rs[0]['stage1_epochs']} + {rs[0]['stage2_epochs']}" if rs else ""
             line[f"{epochs} epochs, {precision}"] = f"{_cell(_scores(rs, main))} [{split}]" if rs else ""
         lines.append(line)
+    return lines
+
+
+# the comparisons the longer budget is run for (issue 23): the first claim at 12 heads, the 4-head gap, and
+# MLKD against KD at 4 heads
+BUDGET_PAIRS = ((("mlkd", 12, "concat"), ("tinybert", 12, "concat")), (("mlkd", 12, "concat"), ("mlkd", 4, "grouped")),
+                (("mlkd", 4, "grouped"), ("kd", 4, "grouped")))
+
+
+def budget_gaps_table(rows, task: str) -> List[Dict[str, str]]:
+    """Each pair of BUDGET_PAIRS at each budget where both ran: the paired gap of the main metric and the verdict
+    (the same rule as the best-lr table). Each budget's own precision on both sides; the longer budgets are bf16."""
+    main = task_metrics(task)[0]
+    cells = budget_cells(rows, task)
+    lines = []
+    for a, b in BUDGET_PAIRS:
+        for budget in dict.fromkeys(k for c in (a, b) for k in cells.get(c, {})):
+            sa, sb = (_scores(cells.get(c, {}).get(budget, []), main) for c in (a, b))
+            if sa and sb and set(sa) & set(sb):
+                lines.append({"comparison": f"{_config_text(a)} - {_config_text(b)}",
+                              "budget": f"{budget[0]} epochs, {budget[1]}",
+                              f"paired gap ({main})": _paired(sa, sb),
+                              "verdict": verdict(_config_text(a), _config_text(b), sa, sb)})
     return lines
 
 
@@ -389,6 +434,8 @@ def heads_markdown(rows, results_dir: str) -> str:
         if budget:
             out.append(f"**{folder}, budgets** (main metric, mean ± std over seeds [stage 1 + stage 2 epochs])\n")
             out += _md_table(budget) + [""]
+            out.append(f"**{folder}, gaps by budget** (paired by seed; the verdict rule of the best-lr tables)\n")
+            out += _md_table(budget_gaps_table(rows, task)) + [""]
     return "\n".join(out)
 
 
