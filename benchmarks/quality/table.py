@@ -25,7 +25,6 @@ import resultfile  # noqa: E402
 
 from mlkd_fast.data import get_task  # noqa: E402
 
-# the metrics shown per task, the first is the one that chose the kept model
 # the metric shown after the task's model-selection one (TaskSpec.metric), for the tasks whose rows record two
 SECOND_METRIC = {"mrpc": "f1", "qqp": "f1", "sts-b": "pearson", "squad": "exact_match", "squad_v2": "exact"}
 START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
