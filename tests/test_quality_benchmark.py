@@ -200,13 +200,14 @@ def test_heads_starts_and_budget_tables_pair_seeds_at_each_objectives_best_lr():
     assert heads["4"]["mlkd accuracy"] == "73.50 ± 2.12 (n=2)" and heads["4"]["kd accuracy"] == "69.50 ± 0.71 (n=2)"
     assert heads["4"]["mlkd - kd (accuracy, paired)"] == "4.00 ± 1.41 (n=2)"  # 72-69, 75-70
     assert heads["12"]["mlkd - kd (accuracy, paired)"] == "6.00 ± 0.00 (n=2)"
-    budget = table.budget_table(rows, "mrpc")
+    cells = table.budget_cells(rows, "mrpc")
+    budget = table.budget_table(cells, "accuracy")
     assert [(line["objective"], line["heads"], line["start"]) for line in budget] == [
         ("mlkd", "12", ""), ("mlkd", "4", "grouped"), ("kd", "4", "grouped")]
     assert budget[0]["3 epochs, fp32"].startswith("79.00 ± 1.41 (n=2)")
     assert budget[0]["3 epochs, bf16"] == "79.00 (n=1) [1 + 2]" and budget[0]["15 epochs, bf16"] == "82.00 ± 1.41 (n=2) [1 + 14]"
     assert budget[1]["3 epochs, fp32"] == "73.50 ± 2.12 (n=2) [1 + 2]" and budget[1]["3 epochs, bf16"] == ""
-    gaps = {(line["comparison"], line["budget"]): line for line in table.budget_gaps_table(rows, "mrpc")}
+    gaps = {(line["comparison"], line["budget"]): line for line in table.budget_gaps_table(cells, "accuracy")}
     assert set(gaps) == {(pair, budget) for budget in ("3 epochs, fp32", "15 epochs, bf16")  # no tinybert rows
                          for pair in ("mlkd 12h - mlkd 4h grouped", "mlkd 4h grouped - kd 4h grouped")}
     longer = gaps[("mlkd 12h - mlkd 4h grouped", "15 epochs, bf16")]  # 81-78, 83-79: 3.5 > larger std 1.41

@@ -363,16 +363,15 @@ def _config_text(config: tuple) -> str:
     return f"{objective} {heads}h" + (f" {start}" if heads < 12 else "")
 
 
-def budget_table(rows, task: str) -> List[Dict[str, str]]:
-    """Per (objective, heads, start) that has rows at a longer budget: its main metric per budget and
-    precision, each objective at its best lr."""
-    lrs, main = best_lrs(rows, task), task_metrics(task)[0]
-    cells = budget_cells(rows, task)
+def budget_table(cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]], main: str) -> List[Dict[str, str]]:
+    """Per (objective, heads, start) of `cells` (budget_cells): its `main` metric per budget and precision, at
+    the objective's best lr (the lr its rows ran at)."""
     budgets = list(dict.fromkeys(b for by_budget in cells.values() for b in by_budget))
     lines = []
     for (objective, heads, start), by_budget in cells.items():
+        lr = family(next(iter(by_budget.values()))[0])[1]
         line = {"objective": objective, "heads": str(heads), "start": start if heads < 12 else "",
-                "lr": lr_text(lrs[objective])}
+                "lr": lr_text(lr)}
         for epochs, precision in budgets:
             rs = by_budget.get((epochs, precision))
             split = f"{rs[0]['stage1_epochs']} + {rs[0]['stage2_epochs']}" if rs else ""
@@ -387,11 +386,10 @@ BUDGET_PAIRS = ((("mlkd", 12, "concat"), ("tinybert", 12, "concat")), (("mlkd", 
                 (("mlkd", 4, "grouped"), ("kd", 4, "grouped")))
 
 
-def budget_gaps_table(rows, task: str) -> List[Dict[str, str]]:
-    """Each pair of BUDGET_PAIRS at each budget where both ran: the paired gap of the main metric and the verdict
-    (the same rule as the best-lr table). Each budget's own precision on both sides; the longer budgets are bf16."""
-    main = task_metrics(task)[0]
-    cells = budget_cells(rows, task)
+def budget_gaps_table(cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]], main: str) -> List[Dict[str, str]]:
+    """Each pair of BUDGET_PAIRS at each budget where both ran in `cells` (budget_cells): the paired gap of the
+    `main` metric and the verdict (the same rule as the best-lr table). Each budget's own precision on both
+    sides; the longer budgets are bf16."""
     lines = []
     for a, b in BUDGET_PAIRS:
         for budget in dict.fromkeys(k for c in (a, b) for k in cells.get(c, {})):
@@ -424,7 +422,9 @@ def heads_markdown(rows, results_dir: str) -> str:
     out = []
     latency = heads_latency(results_dir, rows[0]["cpu_model"])
     for task in dict.fromkeys(r["task"] for r in rows):
-        heads, budget = heads_table(rows, task, latency), budget_table(rows, task)
+        # the budget tables share one pass over the rows (budget_cells works out the best-lr grid)
+        cells, main = budget_cells(rows, task), task_metrics(task)[0]
+        heads, budget = heads_table(rows, task, latency), budget_table(cells, main)
         folder = get_task(task).folder
         if any(line["heads"] != "12" for line in heads):
             out.append(f"**{folder}, heads** (each objective at its best lr, the grid budget; fewer heads start "
@@ -434,7 +434,7 @@ def heads_markdown(rows, results_dir: str) -> str:
             out.append(f"**{folder}, budgets** (main metric, mean ± std over seeds [stage 1 + stage 2 epochs])\n")
             out += _md_table(budget) + [""]
             out.append(f"**{folder}, gaps by budget** (paired by seed; the verdict rule of the best-lr tables)\n")
-            out += _md_table(budget_gaps_table(rows, task)) + [""]
+            out += _md_table(budget_gaps_table(cells, main)) + [""]
     return "\n".join(out)
 
 
