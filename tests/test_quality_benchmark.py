@@ -191,7 +191,10 @@ def test_heads_starts_and_budget_tables_pair_seeds_at_each_objectives_best_lr():
             row("mlkd", "2e-4", 43, 0.83, epochs=15, precision="bf16"),
             row("mlkd", "2e-4", 42, 0.78, heads=4, start="grouped", epochs=15, precision="bf16"),
             row("mlkd", "2e-4", 43, 0.79, heads=4, start="grouped", epochs=15, precision="bf16"),
-            row("kd", "2e-4", 42, 0.70, heads=4, start="grouped", epochs=15, precision="bf16")]
+            row("kd", "2e-4", 42, 0.70, heads=4, start="grouped", epochs=15, precision="bf16"),
+            # another lr of the grid at the longer budget only: a line of its own, compared with MLKD at its best
+            row("kd", "1e-4", 42, 0.74, heads=4, start="grouped", epochs=15, precision="bf16"),
+            row("kd", "1e-4", 43, 0.75, heads=4, start="grouped", epochs=15, precision="bf16")]
     starts = {line["start"]: line for line in table.starts_table(rows, "mrpc")}
     assert starts["concat"]["accuracy"] == "70.50 ± 0.71 (n=2)" and starts["grouped"]["accuracy"] == "73.50 ± 2.12 (n=2)"
     assert starts["grouped"]["12 heads - it (accuracy, paired)"] == "5.50 ± 0.71 (n=2)"  # 78-72, 80-75
@@ -202,18 +205,24 @@ def test_heads_starts_and_budget_tables_pair_seeds_at_each_objectives_best_lr():
     assert heads["12"]["mlkd - kd (accuracy, paired)"] == "6.00 ± 0.00 (n=2)"
     cells = table.budget_cells(rows, "mrpc")
     budget = table.budget_table(cells, "accuracy")
-    assert [(line["objective"], line["heads"], line["start"]) for line in budget] == [
-        ("mlkd", "12", ""), ("mlkd", "4", "grouped"), ("kd", "4", "grouped")]
+    assert [(line["objective"], line["heads"], line["start"], line["lr"]) for line in budget] == [
+        ("mlkd", "12", "", "2e-4"), ("mlkd", "4", "grouped", "2e-4"), ("kd", "4", "grouped", "2e-4"),
+        ("kd", "4", "grouped", "1e-4")]
+    assert budget[3]["15 epochs, bf16"] == "74.50 ± 0.71 (n=2) [0 + 15]" and budget[3]["3 epochs, fp32"] == ""
     assert budget[0]["3 epochs, fp32"].startswith("79.00 ± 1.41 (n=2)")
     assert budget[0]["3 epochs, bf16"] == "79.00 (n=1) [1 + 2]" and budget[0]["15 epochs, bf16"] == "82.00 ± 1.41 (n=2) [1 + 14]"
     assert budget[1]["3 epochs, fp32"] == "73.50 ± 2.12 (n=2) [1 + 2]" and budget[1]["3 epochs, bf16"] == ""
-    gaps = {(line["comparison"], line["budget"]): line for line in table.budget_gaps_table(cells, "accuracy")}
+    gaps = {(line["comparison"], line["budget"]): line for line in table.budget_gaps_table(cells, "accuracy", {"mlkd": 2e-4, "kd": 2e-4})}
     assert set(gaps) == {(pair, budget) for budget in ("3 epochs, fp32", "15 epochs, bf16")  # no tinybert rows
-                         for pair in ("mlkd 12h - mlkd 4h grouped", "mlkd 4h grouped - kd 4h grouped")}
-    longer = gaps[("mlkd 12h - mlkd 4h grouped", "15 epochs, bf16")]  # 81-78, 83-79: 3.5 > larger std 1.41
-    assert longer["paired gap (accuracy)"] == "3.50 ± 0.71 (n=2)" and longer["verdict"] == "mlkd 12h beats mlkd 4h grouped"
-    assert gaps[("mlkd 4h grouped - kd 4h grouped", "3 epochs, fp32")]["paired gap (accuracy)"] == "4.00 ± 1.41 (n=2)"
-    assert gaps[("mlkd 4h grouped - kd 4h grouped", "15 epochs, bf16")]["verdict"] == "one seed: no verdict"  # 78-70
+                         for pair in ("mlkd 12h lr 2e-4 - mlkd 4h grouped lr 2e-4",
+                                      "mlkd 4h grouped lr 2e-4 - kd 4h grouped lr 2e-4")} | {
+        ("mlkd 4h grouped lr 2e-4 - kd 4h grouped lr 1e-4", "15 epochs, bf16")}
+    other = gaps[("mlkd 4h grouped lr 2e-4 - kd 4h grouped lr 1e-4", "15 epochs, bf16")]  # 78-74, 79-75
+    assert other["paired gap (accuracy)"] == "4.00 ± 0.00 (n=2)" and other["verdict"].endswith("beats kd 4h grouped lr 1e-4")
+    longer = gaps[("mlkd 12h lr 2e-4 - mlkd 4h grouped lr 2e-4", "15 epochs, bf16")]  # 81-78, 83-79: 3.5 > larger std 1.41
+    assert longer["paired gap (accuracy)"] == "3.50 ± 0.71 (n=2)" and longer["verdict"] == "mlkd 12h lr 2e-4 beats mlkd 4h grouped lr 2e-4"
+    assert gaps[("mlkd 4h grouped lr 2e-4 - kd 4h grouped lr 2e-4", "3 epochs, fp32")]["paired gap (accuracy)"] == "4.00 ± 1.41 (n=2)"
+    assert gaps[("mlkd 4h grouped lr 2e-4 - kd 4h grouped lr 2e-4", "15 epochs, bf16")]["verdict"] == "one seed: no verdict"  # 78-70
     assert table.verdict("a", "b", {1: 1.0, 2: 2.0}, {1: 5.0, 2: 6.0}) == "b beats a"
     assert table.verdict("a", "b", {1: 1.0, 2: 3.0}, {1: 2.0, 2: 3.0}).startswith("level")
     assert table.verdict("a", "b", {1: 1.0}, {1: 5.0}) == "one seed: no verdict"

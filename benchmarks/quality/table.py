@@ -335,41 +335,38 @@ def heads_table(rows, task: str, latency: Dict[int, float], start: str = "groupe
 
 
 def budget_cells(rows, task: str) -> Dict[tuple, Dict[tuple, List[Dict[str, str]]]]:
-    """(objective, heads, start) -> (epochs, precision) -> rows, for every config that has rows at a longer
-    budget than the grid's, each objective at its best lr; configs and budgets in the order the rows ran."""
-    lrs = best_lrs(rows, task)
-    configs, budgets = [], []
-    for r in rows:
+    """(objective, heads, start, lr) -> (epochs, precision) -> rows, for every config of the lr protocol that has
+    rows at a longer budget than the grid's (at its best lr, or at another lr of the grid tried at that budget);
+    configs and budgets in the order the rows ran."""
+    def config(r):
         fam = family(r)
-        if r["task"] != task or fam is None or lrs.get(fam[0]) is None or abs(fam[1] - lrs[fam[0]]) > 1e-12:
-            continue
-        config = (fam[0], int(r["heads"]), fam[2] if int(r["heads"]) < 12 else "concat")
-        if not _short_budget(r) and config not in configs:
-            configs.append(config)
-        budgets.append((int(r["epochs"]), fam[3]))
+        if r["task"] != task or fam is None:
+            return None
+        return fam[0], int(r["heads"]), fam[2] if int(r["heads"]) < 12 else "concat", fam[1]
+
+    configs = list(dict.fromkeys(config(r) for r in rows if config(r) is not None and not _short_budget(r)))
+    budgets = list(dict.fromkeys((int(r["epochs"]), family(r)[3]) for r in rows if config(r) in configs))
     cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]] = {}
-    for objective, heads, start in configs:
-        for epochs, precision in dict.fromkeys(budgets):
-            rs = [r for r in _protocol_rows(rows, task, objective, lrs[objective], heads, start, precision,
+    for objective, heads, start, lr in configs:
+        for epochs, precision in budgets:
+            rs = [r for r in _protocol_rows(rows, task, objective, lr, heads, start, precision,
                                             short=epochs == GRID_EPOCHS.get(task))
                   if int(r["epochs"]) == epochs]
             if rs:
-                cells.setdefault((objective, heads, start), {})[(epochs, precision)] = rs
+                cells.setdefault((objective, heads, start, lr), {})[(epochs, precision)] = rs
     return cells
 
 
 def _config_text(config: tuple) -> str:
-    objective, heads, start = config
-    return f"{objective} {heads}h" + (f" {start}" if heads < 12 else "")
+    objective, heads, start, lr = config
+    return f"{objective} {heads}h" + (f" {start}" if heads < 12 else "") + f" lr {lr_text(lr)}"
 
 
 def budget_table(cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]], main: str) -> List[Dict[str, str]]:
-    """Per (objective, heads, start) of `cells` (budget_cells): its `main` metric per budget and precision, at
-    the objective's best lr (the lr its rows ran at)."""
+    """Per (objective, heads, start, lr) of `cells` (budget_cells): its `main` metric per budget and precision."""
     budgets = list(dict.fromkeys(b for by_budget in cells.values() for b in by_budget))
     lines = []
-    for (objective, heads, start), by_budget in cells.items():
-        lr = family(next(iter(by_budget.values()))[0])[1]
+    for (objective, heads, start, lr), by_budget in cells.items():
         line = {"objective": objective, "heads": str(heads), "start": start if heads < 12 else "",
                 "lr": lr_text(lr)}
         for epochs, precision in budgets:
@@ -381,24 +378,28 @@ def budget_table(cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]], main: st
 
 
 # the comparisons the longer budget is run for (issue 23): the first claim at 12 heads, the 4-head gap, and
-# MLKD against KD at 4 heads
+# MLKD against KD at 4 heads, as (objective, heads, start); the left side at its best lr of the grid, the right
+# side at every lr it ran at the longer budget
 BUDGET_PAIRS = ((("mlkd", 12, "concat"), ("tinybert", 12, "concat")), (("mlkd", 12, "concat"), ("mlkd", 4, "grouped")),
                 (("mlkd", 4, "grouped"), ("kd", 4, "grouped")))
 
 
-def budget_gaps_table(cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]], main: str) -> List[Dict[str, str]]:
+def budget_gaps_table(cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]], main: str,
+                      lrs: Dict[str, float]) -> List[Dict[str, str]]:
     """Each pair of BUDGET_PAIRS at each budget where both ran in `cells` (budget_cells): the paired gap of the
-    `main` metric and the verdict (the same rule as the best-lr table). Each budget's own precision on both
-    sides; the longer budgets are bf16."""
+    `main` metric and the verdict (the same rule as the best-lr table). `lrs`: each objective's best lr of the
+    grid. Each budget's own precision on both sides; the longer budgets are bf16."""
     lines = []
-    for a, b in BUDGET_PAIRS:
-        for budget in dict.fromkeys(k for c in (a, b) for k in cells.get(c, {})):
-            sa, sb = (_scores(cells.get(c, {}).get(budget, []), main) for c in (a, b))
-            if sa and sb and set(sa) & set(sb):
-                lines.append({"comparison": f"{_config_text(a)} - {_config_text(b)}",
-                              "budget": f"{budget[0]} epochs, {budget[1]}",
-                              f"paired gap ({main})": _paired(sa, sb),
-                              "verdict": verdict(_config_text(a), _config_text(b), sa, sb)})
+    for left, right in BUDGET_PAIRS:
+        a = (*left, lrs.get(left[0]))
+        for b in (c for c in cells if c[:3] == right and c != a):
+            for budget in dict.fromkeys(k for c in (a, b) for k in cells.get(c, {})):
+                sa, sb = (_scores(cells.get(c, {}).get(budget, []), main) for c in (a, b))
+                if sa and sb and set(sa) & set(sb):
+                    lines.append({"comparison": f"{_config_text(a)} - {_config_text(b)}",
+                                  "budget": f"{budget[0]} epochs, {budget[1]}",
+                                  f"paired gap ({main})": _paired(sa, sb),
+                                  "verdict": verdict(_config_text(a), _config_text(b), sa, sb)})
     return lines
 
 
@@ -433,8 +434,9 @@ def heads_markdown(rows, results_dir: str) -> str:
         if budget:
             out.append(f"**{folder}, budgets** (main metric, mean ± std over seeds [stage 1 + stage 2 epochs])\n")
             out += _md_table(budget) + [""]
-            out.append(f"**{folder}, gaps by budget** (paired by seed; the verdict rule of the best-lr tables)\n")
-            out += _md_table(budget_gaps_table(cells, main)) + [""]
+            out.append(f"**{folder}, gaps by budget** (paired by seed; the verdict rule of the best-lr tables; the left "
+                       "side at its best lr of the grid, the right at each lr it ran at the longer budget)\n")
+            out += _md_table(budget_gaps_table(cells, main, best_lrs(rows, task))) + [""]
     return "\n".join(out)
 
 
