@@ -144,10 +144,11 @@ def _add_student_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-hidden", type=int, help="hidden size (default: the teacher's)")
     p.add_argument("--student-intermediate", type=int, help="FFN size (default: the teacher's)")
     p.add_argument("--init", choices=("teacher", "random"), help="student weights: copied teacher layers or random")
-    p.add_argument("--head-init", choices=("concat", "scaled", "grouped"),
-                   help="fewer heads than the teacher: cut the copied attention as it is (concat, default), with "
-                        "each head's logits the mean of its merged teacher heads' (scaled), or after reordering the "
-                        "teacher's heads so that alike heads merge (grouped, distill only)")
+    p.add_argument("--head-init", choices=("auto", "concat", "scaled", "grouped"),
+                   help="fewer heads than the teacher: cut the copied attention as it is (concat), with each head's "
+                        "logits the mean of its merged teacher heads' (scaled), or after reordering the teacher's "
+                        "heads so that alike heads merge (grouped, distill only: it compares the heads on 256 "
+                        "training rows); auto (default): grouped where it applies, else concat")
     p.add_argument("--layer-map", type=_int_list, help="teacher layer (1-based) per student layer, e.g. 2,4,6")
 
 
@@ -430,12 +431,17 @@ def _student(args, file, teacher, cfg, num_labels: int, qa: bool = False, train=
         return load_for_task(args.student, num_labels, require_head=False, role="--student", qa=qa)[0]
     if "num_layers" not in spec:
         raise InputError("--student-layers is required (or --student DIR)")
-    if spec.get("head_init") == "grouped" and train is not None:
-        from mlkd_fast.train.head_init import sample_batches
+    head_init, t_heads = spec.get("head_init", "auto"), teacher.config.num_attention_heads
+    fewer = spec.get("num_heads", t_heads) < t_heads
+    if train is not None and (head_init == "grouped" or (head_init == "auto" and fewer)):
+        from mlkd_fast.train.head_init import resolve_head_init, sample_batches
         from mlkd_fast.train.models import pad_id
 
         spec["sample"] = sample_batches(train, tokenizer, num_labels, cfg.max_seq_length, seed=cfg.seed,
                                         pad_token_id=pad_id(teacher, tokenizer))
+        resolved = resolve_head_init(teacher, head_init, spec.get("num_heads", t_heads), spec.get("init", "teacher"), spec["sample"])
+        print(f"mlkd-fast: {t_heads} teacher heads re-split into {spec.get('num_heads', t_heads)}: head start {resolved!r}"
+              + (" (--head-init auto)" if head_init == "auto" else ""))
     torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
     return build_student(teacher, layer_map=cfg.layer_map, **spec)
 

@@ -35,12 +35,36 @@ HEAD_INITS = ("concat", "scaled", "grouped")
 EXACT_SEARCH_LIMIT = 200_000  # partitions tried exhaustively; above it, a greedy grouping
 
 
-def _check_family(teacher: nn.Module, head_init: str) -> None:
+def _family_problem(teacher: nn.Module) -> Optional[str]:
+    """Why the teacher's attention cannot be re-split by mean or by group (None where it can)."""
     layout = encoder_layout(teacher)
-    if len(layout.qkv[0]) != 3 or not layout.paths.plain_attention:
+    if len(layout.qkv[0]) != 3:
+        return "fused Q/K/V"
+    return None if layout.paths.plain_attention else "relative or rotary attention"
+
+
+def _check_family(teacher: nn.Module, head_init: str) -> None:
+    problem = _family_problem(teacher)
+    if problem:
         raise InputError(f"head_init={head_init!r} re-splits plain attention with separate Q/K/V Linears; "
-                         f"{type(teacher).__name__} has {'fused Q/K/V' if len(layout.qkv[0]) != 3 else 'relative or rotary attention'}: "
-                         "use head_init='concat'")
+                         f"{type(teacher).__name__} has {problem}: use head_init='concat'")
+
+
+def resolve_head_init(teacher: nn.Module, head_init: str, student_heads: int, init: str = "teacher",
+                      sample=None) -> str:
+    """The start `head_init` names; "auto" (the default) is "grouped", the best start measured (MRPC, 4 heads, three
+    seeds: 72.06 against 70.83 for "concat", paired +1.22 +- 0.85; README), wherever it applies: a copied student
+    with fewer heads that divide the teacher's, a teacher with plain separate Q/K/V attention, and `sample`
+    batches to compare the teacher's heads on. Everywhere else "auto" is "concat" (the copied attention as it is,
+    which is all there is to do at equal heads)."""
+    if head_init != "auto":
+        return head_init
+    if init != "teacher" or sample is None:
+        return "concat"
+    t_heads = encoder_layout(teacher).heads
+    if student_heads >= t_heads or t_heads % student_heads or _family_problem(teacher):
+        return "concat"
+    return "grouped"
 
 
 @contextmanager
@@ -261,5 +285,5 @@ def attention_gap(teacher: nn.Module, student: nn.Module, batches: Iterable[Dict
     return kl_sum / (tokens * len(mapping)), rel_sum / (tokens * len(mapping))
 
 
-__all__ = ["HEAD_INITS", "attention_gap", "resplit_gap", "sample_batches", "attention_probs", "best_grouping", "head_similarity", "permute_heads",
+__all__ = ["HEAD_INITS", "resolve_head_init", "attention_gap", "resplit_gap", "sample_batches", "attention_probs", "best_grouping", "head_similarity", "permute_heads",
            "prepare_teacher", "scale_queries"]

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from mlkd_fast.errors import InputError, InputTypeError
 from mlkd_fast.train.encoders import encoder_layout, encoder_paths
-from mlkd_fast.train.head_init import HEAD_INITS, prepare_teacher, scale_queries
+from mlkd_fast.train.head_init import HEAD_INITS, prepare_teacher, resolve_head_init, scale_queries
 from mlkd_fast.train.layer_map import resolve_layer_map
 
 
@@ -39,7 +39,7 @@ def build_student(
     intermediate_size: Optional[int] = None,
     init: str = "teacher",
     layer_map: Optional[Sequence[int]] = None,
-    head_init: str = "concat",
+    head_init: str = "auto",
     sample: Optional[Iterable[Dict[str, torch.Tensor]]] = None,
 ):
     """A student with `num_layers` layers; unspecified sizes are the teacher's.
@@ -51,7 +51,9 @@ def build_student(
     head_init: how copied attention is cut into fewer heads (train/head_init.py): "concat" (as it is),
     "scaled" (each head's logits the mean of its merged teacher heads'), "grouped" (the teacher's heads
     first reordered, in place and function-preserving, so that alike heads merge; needs `sample`, a few
-    training batches with input_ids and attention_mask).
+    training batches with input_ids and attention_mask: head_init.sample_batches), "auto" (default):
+    "grouped" where it applies (fewer heads, `sample` given, plain Q/K/V attention), else "concat"
+    (head_init.resolve_head_init).
     """
     tcfg = getattr(teacher, "config", None)
     if tcfg is None or not hasattr(tcfg, "num_hidden_layers"):
@@ -72,8 +74,9 @@ def build_student(
         raise InputError(f"num_heads={num_heads} does not divide hidden_size={hidden}")
     if init not in ("teacher", "random"):
         raise InputError(f"init must be 'teacher' or 'random', got {init!r}")
-    if head_init not in HEAD_INITS:
-        raise InputError(f"head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
+    if head_init not in ("auto",) + HEAD_INITS:
+        raise InputError(f"head_init must be one of {['auto', *HEAD_INITS]}, got {head_init!r}")
+    head_init = resolve_head_init(teacher, head_init, num_heads, init, sample)
     if init == "random" and head_init != "concat":
         raise InputError(f"head_init={head_init!r} re-splits copied teacher attention: it needs init='teacher'")
 

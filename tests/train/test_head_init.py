@@ -13,7 +13,7 @@ from mlkd_fast.data.batching import Collator
 from mlkd_fast.errors import InputError
 from mlkd_fast.train.capture import capture_features, split_heads
 from mlkd_fast.train.encoders import encoder_layout
-from mlkd_fast.train.head_init import attention_gap, best_grouping, head_similarity, permute_heads
+from mlkd_fast.train.head_init import attention_gap, best_grouping, head_similarity, permute_heads, resolve_head_init
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,3 +103,24 @@ def test_head_init_refusals():
         build_student(tiny_bert(layers=2, hidden=48, heads=6), 1, num_heads=4, head_init="scaled")
     with pytest.raises(InputError, match="needs sample batches"):
         build_student(teacher, 1, num_heads=3, head_init="grouped")
+
+
+def test_auto_is_grouped_where_it_applies_else_concat():
+    teacher = tiny_bert(layers=2, hidden=32, heads=4).double().eval()
+    batches = _batches()
+    assert resolve_head_init(teacher, "auto", 2, "teacher", batches) == "grouped"
+    assert resolve_head_init(teacher, "auto", 2, "teacher", None) == "concat"  # nothing to compare the heads on
+    assert resolve_head_init(teacher, "auto", 4, "teacher", batches) == "concat"  # equal heads: nothing to re-split
+    assert resolve_head_init(teacher, "auto", 8, "teacher", batches) == "concat"  # more heads
+    assert resolve_head_init(teacher, "auto", 2, "random", batches) == "concat"
+    assert resolve_head_init(tiny_bert(layers=2, hidden=48, heads=6), "auto", 4, "teacher", batches) == "concat"
+    assert resolve_head_init(teacher, "scaled", 2, "teacher", None) == "scaled"  # a named start is kept
+    # the default start, with and without sample batches, is the named one's to the weight
+    for sample, named in ((batches, "grouped"), (None, "concat")):
+        t1, t2 = (tiny_bert(layers=2, hidden=32, heads=4).double().eval() for _ in range(2))
+        auto = build_student(t1, 1, num_heads=2, layer_map=[1], sample=sample)
+        explicit = build_student(t2, 1, num_heads=2, layer_map=[1], head_init=named, sample=sample)
+        for (k, a), (_, b) in zip(auto.state_dict().items(), explicit.state_dict().items()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+        for (k, a), (_, b) in zip(t1.state_dict().items(), t2.state_dict().items()):  # the teacher reordered alike
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)

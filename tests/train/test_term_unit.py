@@ -117,6 +117,8 @@ def test_a_new_term_runs_through_the_cli_with_its_setting(toy_term, tmp_path, ca
             "toy", "--stage1-epochs", "1", "--stage2-epochs", "1", "--splits", "4", "--student-layers", "2",
             "--student-heads", "2", "--set", "toy.scale=0.5", "--set", "kd.temperature=2"] + common
     assert main(argv) == 0
+    # 4 teacher heads into 2: the default start is the measured best, grouped, said on stdout
+    assert "4 teacher heads re-split into 2: head start 'grouped' (--head-init auto)" in capsys.readouterr().out
     assert CALLS and all(scale == 0.5 for scale, _ in CALLS)
     saved = json.load(open(tmp_path / "s" / "distill_config.json"))
     assert saved["terms"] == {"toy": {"scale": 0.5}, "kd": {"temperature": 2}}
