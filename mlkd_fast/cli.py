@@ -420,6 +420,7 @@ def _student(args, file, teacher, cfg, num_labels: int, qa: bool = False, train=
     """The student: loaded from --student DIR, or built from the teacher in the shape the flags/file give."""
     import torch
 
+    from mlkd_fast.train.encoders import encoder_layout
     from mlkd_fast.train.models import load_for_task
     from mlkd_fast.train.student import build_student
 
@@ -431,16 +432,19 @@ def _student(args, file, teacher, cfg, num_labels: int, qa: bool = False, train=
         return load_for_task(args.student, num_labels, require_head=False, role="--student", qa=qa)[0]
     if "num_layers" not in spec:
         raise InputError("--student-layers is required (or --student DIR)")
-    head_init, t_heads = spec.get("head_init", "auto"), teacher.config.num_attention_heads
-    fewer = spec.get("num_heads", t_heads) < t_heads
-    if train is not None and (head_init == "grouped" or (head_init == "auto" and fewer)):
+    head_init = spec.get("head_init", "auto")
+    t_heads = encoder_layout(teacher).heads if train is not None and head_init in ("auto", "grouped") else None
+    heads = spec.get("num_heads", t_heads)
+    # sample batches where they are used: "grouped", or "auto" with fewer heads (build_student checks the shape)
+    if t_heads and (head_init == "grouped" or (isinstance(heads, int) and heads < t_heads)):
         from mlkd_fast.train.head_init import resolve_head_init, sample_batches
         from mlkd_fast.train.models import pad_id
 
         spec["sample"] = sample_batches(train, tokenizer, num_labels, cfg.max_seq_length, seed=cfg.seed,
                                         pad_token_id=pad_id(teacher, tokenizer))
-        resolved = resolve_head_init(teacher, head_init, spec.get("num_heads", t_heads), spec.get("init", "teacher"), spec["sample"])
-        print(f"mlkd-fast: {t_heads} teacher heads re-split into {spec.get('num_heads', t_heads)}: head start {resolved!r}"
+        # resolved here once, to say which start "auto" is; build_student gets the name
+        spec["head_init"] = resolve_head_init(teacher, head_init, heads, spec.get("init", "teacher"), spec["sample"])
+        print(f"mlkd-fast: {t_heads} teacher heads re-split into {heads}: head start {spec['head_init']!r}"
               + (" (--head-init auto)" if head_init == "auto" else ""))
     torch.manual_seed(cfg.seed)  # a random-init student is reproducible (and so resumable)
     return build_student(teacher, layer_map=cfg.layer_map, **spec)

@@ -344,8 +344,9 @@ def budget_cells(rows, task: str) -> Dict[tuple, Dict[tuple, List[Dict[str, str]
             return None
         return fam[0], int(r["heads"]), fam[2] if int(r["heads"]) < 12 else "concat", fam[1]
 
-    configs = list(dict.fromkeys(config(r) for r in rows if config(r) is not None and not _short_budget(r)))
-    budgets = list(dict.fromkeys((int(r["epochs"]), family(r)[3]) for r in rows if config(r) in configs))
+    keyed = [(r, config(r)) for r in rows]
+    configs = list(dict.fromkeys(c for r, c in keyed if c is not None and not _short_budget(r)))
+    budgets = list(dict.fromkeys((int(r["epochs"]), family(r)[3]) for r, c in keyed if c in configs))
     cells: Dict[tuple, Dict[tuple, List[Dict[str, str]]]] = {}
     for objective, heads, start, lr in configs:
         for epochs, precision in budgets:
@@ -423,7 +424,7 @@ def heads_markdown(rows, results_dir: str) -> str:
     out = []
     latency = heads_latency(results_dir, rows[0]["cpu_model"])
     for task in dict.fromkeys(r["task"] for r in rows):
-        # the budget tables share one pass over the rows (budget_cells works out the best-lr grid)
+        # the two budget tables read one set of cells
         cells, main = budget_cells(rows, task), task_metrics(task)[0]
         heads, budget = heads_table(rows, task, latency), budget_table(cells, main)
         folder = get_task(task).folder
